@@ -1,0 +1,219 @@
+"""Greedy and sampled decoding as one ``tf.while_loop`` over an explicit state.
+
+Everything here is a pure function of tensors, so the whole call -- prefill,
+loop, token choice, logits processors -- traces into ONE graph that XLA
+compiles once per *shape*. Two rules make that work:
+
+1. **Static shapes.** The output buffer ``sequences`` is allocated at its final
+   size ``[batch, prompt_len + max_new_tokens_buffer]`` and written one column
+   per step with ``dynamic_update_slice``; the KV cache likewise
+   (``kv_cache.py``). Nothing grows inside the loop.
+2. **Values are tensors, shapes are compile keys.** Every option that does not
+   change a shape (temperature, top-k, seed, eos ids, ...) arrives in
+   :class:`DecodeOptions` as a tensor, so changing it reuses the compiled
+   program. Only batch, lengths, strategy and a few sizes are Python values.
+
+Rows that finish early are not removed (that would change shapes): a
+``finished`` flag masks them, they emit ``pad_token_id`` from then on, and the
+loop exits as soon as every row is finished or the step bound is reached.
+
+Worked example, greedy, batch 2, prompt length 3, 3 new tokens, eos=9, pad=0::
+
+    prompt     [[0, 5, 6],        # row 0 is left-padded
+                [4, 5, 6]]
+    step 0 picks [7, 9]  -> row 1 finished (9 is EOS)
+    step 1 picks [8, *]  -> row 1 emits pad
+    step 2 picks [9, *]  -> row 0 finished; loop ends
+    sequences  [[0, 5, 6, 7, 8, 9],
+                [4, 5, 6, 9, 0, 0]]
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla
+
+from . import positions as pos
+from . import processors, sampling
+from .protocol import Cache, DecoderModel
+
+
+class DecodeOptions(NamedTuple):
+    """Every decoding option as a tensor: changing a value never recompiles.
+
+    Shapes use B = rows decoded (batch * num_return_sequences, or batch for
+    beams) and V = vocab size.
+    """
+
+    max_new_tokens: tf.Tensor  # int32 []: loop bound, <= the buffer size
+    pad_token_id: tf.Tensor  # int32 []
+    eos_mask: tf.Tensor  # bool [V]: True for each EOS id (a list of ids, fixed shape)
+    min_new_tokens: tf.Tensor  # int32 []: no EOS before this many new tokens
+    forced_eos_mask: tf.Tensor  # bool [V]: forced_eos_token_id(s) to force at the last step; all False = off
+    suppress_mask: tf.Tensor  # bool [V]: tokens never generated
+    repetition_penalty: tf.Tensor  # float32 []: 1.0 = off
+    no_repeat_ngram_size: tf.Tensor  # int32 []: 0 = off
+    bad_words_ids: tf.Tensor  # int32 [n_words, max_word_len], right-padded
+    bad_words_lengths: tf.Tensor  # int32 [n_words]
+    temperature: tf.Tensor  # float32 []: 0 = greedy
+    top_k: tf.Tensor  # int32 []: 0 = off
+    top_p: tf.Tensor  # float32 []: 1.0 = off
+    seeds: tf.Tensor  # int32 [B, 2]: per-row seed pairs
+    sample_index: tf.Tensor  # int32 [B]: which return sequence of its prompt a row is
+    length_penalty: tf.Tensor  # float32 []: beam search only
+    early_stopping: tf.Tensor  # int32 []: beam search only; 0 False, 1 True, 2 "never"
+
+
+class SamplingState(NamedTuple):
+    """Loop state of greedy / sampled decoding."""
+
+    step: tf.Tensor  # int32 []: new tokens generated so far
+    sequences: tf.Tensor  # int32 [B, P + N]: prompt, then generated tokens, pad after EOS
+    token_mask: tf.Tensor  # bool [B, P + N]: real tokens written so far (for processors)
+    logits: tf.Tensor  # float32 [B, V]: the model's next-token logits
+    cache: Cache  # the model's cache, fixed size
+    finished: tf.Tensor  # bool [B]: row has emitted EOS
+    scores: tf.Tensor  # float32 [B, N]: log-prob of each chosen token (0 after EOS)
+
+
+def process_logits(logits, tokens, token_mask, cur_len, step, options: DecodeOptions):
+    """Applies the logits processors, in transformers' order.
+
+    Args:
+      logits: float32 ``[B, V]`` raw next-token logits.
+      tokens / token_mask: int32 / bool ``[B, L]``: prompt + generated so far.
+      cur_len: int32 scalar, slots written; step: int32 scalar, new tokens so far.
+
+    Returns:
+      float32 ``[B, V]``; forbidden tokens are ``-inf``.
+    """
+    logits = processors.repetition_penalty(logits, tokens, token_mask, options.repetition_penalty)
+    logits = processors.no_repeat_ngram(logits, tokens, token_mask, cur_len, options.no_repeat_ngram_size)
+    logits = processors.bad_words(logits, tokens, token_mask, cur_len,
+                                  options.bad_words_ids, options.bad_words_lengths)
+    logits = processors.min_new_tokens(logits, step, options.min_new_tokens, options.eos_mask)
+    logits = processors.suppress_tokens(logits, options.suppress_mask)
+    forced = processors.forced_eos(logits, step, options.max_new_tokens, options.forced_eos_mask)
+    return tf.where(tf.reduce_any(options.forced_eos_mask), forced, logits)
+
+
+def warp_logits(logits, options: DecodeOptions):
+    """Sampling warpers: temperature, then top-k, then top-p (transformers' order).
+
+    A temperature of 0 is handled by the caller (greedy); here it is replaced
+    by 1 so nothing divides by zero.
+    """
+    safe_t = tf.where(options.temperature > 0, options.temperature, 1.0)
+    logits = processors.temperature(logits, safe_t)
+    logits = processors.top_k(logits, options.top_k)
+    return processors.top_p(logits, options.top_p)
+
+
+def choose_tokens(processed, options: DecodeOptions, keys, step, do_sample: bool):
+    """Picks each row's next token and its log-probability.
+
+    Args:
+      processed: float32 ``[B, V]`` processed logits.
+      keys: uint32 ``[B]`` RNG row keys (unused when ``do_sample`` is False).
+      do_sample: Python bool (a compile key: it changes the graph).
+
+    Returns:
+      ``(tokens int32 [B], logprobs float32 [B])``: the log-probability is
+      taken under the distribution the token was drawn from (warped when
+      sampling).
+    """
+    greedy = tf.argmax(processed, axis=-1, output_type=tf.int32)
+    if not do_sample:
+        chosen_from, tokens = processed, greedy
+    else:
+        warped = warp_logits(processed, options)
+        sampled = sampling.gumbel_sample(warped, keys, step)
+        use_greedy = options.temperature <= 0
+        tokens = tf.where(use_greedy, greedy, sampled)
+        chosen_from = tf.where(use_greedy, processed, warped)
+    logprobs = tf.gather(tf.nn.log_softmax(chosen_from), tokens, batch_dims=1)
+    return tokens, logprobs
+
+
+def write_column(buffer: tf.Tensor, column: tf.Tensor, index) -> tf.Tensor:
+    """``buffer[:, index] = column`` for a ``[B, L]`` buffer, without changing its shape."""
+    start = tf.stack([tf.constant(0, tf.int32), tf.cast(index, tf.int32)])
+    return xla.dynamic_update_slice(buffer, column[:, tf.newaxis], start)
+
+
+def prefill(model: DecoderModel, input_ids, attention_mask, buffer_len: int):
+    """Allocates the cache and runs the prompt through the model once.
+
+    Returns:
+      ``(logits [B, V], cache, key_mask [B, P + N])``: ``key_mask`` marks the
+      prompt's real tokens and every slot a generated token will occupy.
+    """
+    batch, prompt_len = input_ids.shape
+    new_slots = buffer_len - prompt_len
+    key_mask = tf.concat([tf.cast(attention_mask, tf.int32), tf.ones([batch, new_slots], tf.int32)], 1)
+    cache = model.init_cache(batch, buffer_len)
+    logits, cache = model.step(input_ids, pos.positions_from_mask(attention_mask), cache,
+                               tf.constant(0, tf.int32), key_mask)
+    return logits, cache, key_mask
+
+
+def sample_loop(model: DecoderModel, input_ids, attention_mask, options: DecodeOptions,
+                max_new_tokens_buffer: int, do_sample: bool):
+    """Greedy (``do_sample=False``) or sampled decoding.
+
+    Args:
+      model: any :class:`protocol.DecoderModel`.
+      input_ids: int32 ``[B, P]`` left-padded prompts (static shape).
+      attention_mask: int32 ``[B, P]``.
+      options: :class:`DecodeOptions`; ``options.max_new_tokens`` <= buffer.
+      max_new_tokens_buffer: Python int N, the output buffer's new-token width.
+      do_sample: Python bool.
+
+    Returns:
+      ``(sequences int32 [B, P + N], scores float32 [B, N])``. Columns past
+      ``options.max_new_tokens`` hold ``pad_token_id``.
+    """
+    batch, prompt_len = input_ids.shape
+    n = max_new_tokens_buffer
+    logits, cache, key_mask = prefill(model, input_ids, attention_mask, prompt_len + n)
+    keys = sampling.row_keys(options.seeds, options.sample_index)
+    pad = tf.fill([batch, n], options.pad_token_id)
+    state = SamplingState(
+        step=tf.constant(0, tf.int32),
+        sequences=tf.concat([input_ids, pad], 1),
+        token_mask=tf.concat([tf.cast(attention_mask, tf.bool), tf.zeros([batch, n], tf.bool)], 1),
+        logits=logits,
+        cache=cache,
+        finished=tf.zeros([batch], tf.bool),
+        scores=tf.zeros([batch, n], tf.float32),
+    )
+
+    def not_done(s: SamplingState):
+        return tf.logical_and(s.step < options.max_new_tokens, tf.logical_not(tf.reduce_all(s.finished)))
+
+    def one_step(s: SamplingState):
+        slot = prompt_len + s.step
+        processed = process_logits(s.logits, s.sequences, s.token_mask, slot, s.step, options)
+        tokens, logprobs = choose_tokens(processed, options, keys, s.step, do_sample)
+        # Finished rows keep emitting pad and score nothing.
+        tokens = tf.where(s.finished, options.pad_token_id, tokens)
+        logprobs = tf.where(s.finished, 0.0, logprobs)
+        finished = tf.logical_or(s.finished, tf.gather(options.eos_mask, tokens))
+        logits, cache = model.step(tokens[:, tf.newaxis], pos.next_positions(attention_mask, s.step),
+                                   s.cache, slot, key_mask)
+        return (SamplingState(
+            step=s.step + 1,
+            sequences=write_column(s.sequences, tokens, slot),
+            token_mask=write_column(s.token_mask, tf.ones([batch], tf.bool), slot),
+            logits=logits,
+            cache=cache,
+            finished=finished,
+            scores=write_column(s.scores, logprobs, s.step),
+        ),)
+
+    # loop_vars is a 1-tuple holding the state (a bare NamedTuple would be
+    # unpacked into its fields); the body returns the same 1-tuple.
+    (final,) = tf.while_loop(not_done, one_step, (state,), maximum_iterations=n)
+    return final.sequences, final.scores

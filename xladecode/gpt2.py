@@ -1,0 +1,251 @@
+"""GPT-2 in plain TensorFlow: no Keras layers, weights kept under their HF names.
+
+The model is a ``tf.Module`` holding one ``tf.Variable`` per Hugging Face
+tensor, keyed by the HF name (``h.3.attn.c_attn.weight`` ...), so loading a
+checkpoint is a dictionary copy you can read in :data:`param_shapes`. HF stores
+GPT-2 linear layers as ``Conv1D`` with weights ``[in, out]``: ``y = x @ W + b``.
+
+Two entry points share one transformer body:
+
+* :meth:`GPT2.forward` -- the whole sequence at once, no cache (training,
+  ``lm.logits``, and the "recompute everything" reference in tests);
+* :meth:`GPT2.step` -- the decoder protocol (``protocol.py``): runs ``t`` new
+  tokens, writes their keys/values into the fixed-size KV cache
+  (``kv_cache.py``) and returns the last position's logits.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from . import kv_cache, positions as pos
+from .checkpoint import read_weights
+from .config import GPT2Config
+
+# Buffers that old GPT-2 checkpoints carry but that are not parameters (the
+# causal mask as a tensor); we build masks ourselves and skip these.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """Every parameter of GPT-2, by its Hugging Face name, with its shape."""
+    c, inner = config.n_embd, config.inner_dim
+    shapes = {
+        "wte.weight": (config.vocab_size, c),  # token embeddings, also the LM head when tied
+        "wpe.weight": (config.n_positions, c),  # learned absolute position embeddings
+        "ln_f.weight": (c,),
+        "ln_f.bias": (c,),
+    }
+    for i in range(config.n_layer):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (c,), p + "ln_1.bias": (c,),
+            p + "attn.c_attn.weight": (c, 3 * c), p + "attn.c_attn.bias": (3 * c,),  # fused q, k, v
+            p + "attn.c_proj.weight": (c, c), p + "attn.c_proj.bias": (c,),
+            p + "ln_2.weight": (c,), p + "ln_2.bias": (c,),
+            p + "mlp.c_fc.weight": (c, inner), p + "mlp.c_fc.bias": (inner,),
+            p + "mlp.c_proj.weight": (inner, c), p + "mlp.c_proj.bias": (c,),
+        })
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, c)
+    return shapes
+
+
+def map_hf_weights(config: GPT2Config, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Checks and renames a checkpoint's tensors to :func:`param_shapes` names.
+
+    ``GPT2LMHeadModel`` files prefix names with ``transformer.``; ``GPT2Model``
+    files do not. A tied ``lm_head.weight`` is dropped (it is ``wte``).
+
+    Raises:
+      ValueError: naming the tensor, the expected and the actual shape, for a
+        missing, unexpected or misshaped tensor.
+    """
+    expected = param_shapes(config)
+    found: dict[str, np.ndarray] = {}
+    for name, array in tensors.items():
+        short = name.removeprefix("transformer.")
+        if short.endswith(_IGNORED_SUFFIXES):
+            continue
+        if short == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        if short not in expected:
+            raise ValueError(f"unexpected tensor {name!r} with shape {tuple(array.shape)} in checkpoint")
+        found[short] = array
+    for name, shape in expected.items():
+        if name not in found:
+            raise ValueError(f"missing tensor {name!r}: expected shape {shape}")
+        if tuple(found[name].shape) != shape:
+            raise ValueError(
+                f"tensor {name!r} has shape {tuple(found[name].shape)}, expected {shape}"
+            )
+    return found
+
+
+def _activation(name: str):
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: tf.nn.gelu(x, approximate=True)  # 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))
+    if name == "gelu":
+        return lambda x: tf.nn.gelu(x, approximate=False)
+    if name == "relu":
+        return tf.nn.relu
+    return tf.nn.silu  # "silu" / "swish"; config.py refuses anything else
+
+
+def _layer_norm(x, gain, bias, eps):
+    # Statistics in float32 whatever the weight dtype.
+    x = tf.cast(x, tf.float32)
+    mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+    return (x - mean) * tf.math.rsqrt(var + eps) * tf.cast(gain, tf.float32) + tf.cast(bias, tf.float32)
+
+
+class GPT2(tf.Module):
+    """GPT-2 language model; implements the decoder protocol (``protocol.py``).
+
+    Args:
+      config: the model's shape.
+      weights: HF-named arrays (see :func:`map_hf_weights`), or None for a
+        fresh random init (normal, std 0.02; used by training).
+      dtype: storage / matmul dtype of the weights (float32 or bfloat16).
+        Layer norms, softmax and logits are always computed in float32.
+      seed: seed of the random init.
+    """
+
+    def __init__(self, config: GPT2Config, weights: dict[str, np.ndarray] | None = None,
+                 dtype=tf.float32, seed: int = 0):
+        super().__init__(name="gpt2")
+        self.config = config
+        self.dtype = tf.as_dtype(dtype)
+        self.vocab_size = config.vocab_size
+        self.max_positions = config.n_positions
+        self._act = _activation(config.activation_function)
+        shapes = param_shapes(config)
+        if weights is None:
+            weights = _random_init(shapes, seed)
+        # One variable per HF tensor, under its HF name: the mapping in plain sight.
+        self.weights = {
+            name: tf.Variable(tf.cast(np.asarray(weights[name], np.float32), self.dtype), name=name.replace(".", "_"))
+            for name in shapes
+        }
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype=tf.float32) -> "GPT2":
+        """Loads ``config.json`` + safetensors weights from a checkpoint folder."""
+        folder = Path(folder)
+        config = GPT2Config.from_json(folder / "config.json")
+        return cls(config, map_hf_weights(config, read_weights(folder)), dtype=dtype)
+
+    # ---------------------------------------------------------------- protocol
+    def init_cache(self, batch_size: int, max_length: int) -> kv_cache.KVCache:
+        c = self.config
+        return kv_cache.allocate(c.n_layer, batch_size, c.n_head, max_length, c.head_dim, self.dtype)
+
+    def step(self, input_ids, positions, cache, cache_index, key_mask):
+        """See ``protocol.DecoderModel.step``. Returns last-position logits [batch, vocab]."""
+        t = tf.shape(input_ids)[1]
+        query_slots = tf.cast(cache_index, tf.int32) + tf.range(t)
+        mask = pos.attention_mask(query_slots, key_mask)
+        hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
+        return self._lm_head(hidden[:, -1, :]), cache
+
+    # ------------------------------------------------------------ full forward
+    def forward(self, input_ids, attention_mask=None):
+        """All-position logits without a cache.
+
+        Args:
+          input_ids: int32 ``[batch, T]``.
+          attention_mask: int ``[batch, T]`` (left padding) or None (no padding).
+
+        Returns:
+          float32 ``[batch, T, vocab]``.
+        """
+        input_ids = tf.convert_to_tensor(input_ids, tf.int32)
+        if attention_mask is None:
+            attention_mask = tf.ones_like(input_ids)
+        mask = pos.attention_mask(tf.range(tf.shape(input_ids)[1]), attention_mask)
+        hidden, _ = self._body(input_ids, pos.positions_from_mask(attention_mask), mask)
+        return self._lm_head(hidden)
+
+    # ---------------------------------------------------------------- the body
+    def _body(self, input_ids, positions, mask, cache=None, cache_index=None):
+        """Embeddings, n_layer blocks, final layer norm. Returns (hidden [b,t,C] fp32, cache)."""
+        c, w = self.config, self.weights
+        x = tf.gather(w["wte.weight"], input_ids) + tf.gather(w["wpe.weight"], positions)
+        x = tf.cast(x, tf.float32)
+        keys, values = [], []
+        for i in range(c.n_layer):
+            p = f"h.{i}."
+            h = _layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], c.layer_norm_epsilon)
+            q, k, v = self._qkv(h, p)
+            if cache is not None:  # write this step's keys/values, attend over the whole cache
+                k = kv_cache.write(cache.keys[i], k, cache_index)
+                v = kv_cache.write(cache.values[i], v, cache_index)
+                keys.append(k)
+                values.append(v)
+            x = x + self._attention(q, k, v, mask, i, p)
+            h = _layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], c.layer_norm_epsilon)
+            x = x + self._mlp(h, p)
+        x = _layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], c.layer_norm_epsilon)
+        new_cache = kv_cache.KVCache(tuple(keys), tuple(values)) if cache is not None else None
+        return x, new_cache
+
+    def _linear(self, x, prefix):
+        """HF Conv1D: ``x @ W + b`` with W ``[in, out]``; result float32."""
+        w, b = self.weights[prefix + ".weight"], self.weights[prefix + ".bias"]
+        y = tf.matmul(tf.cast(x, self.dtype), w) + b
+        return tf.cast(y, tf.float32)
+
+    def _qkv(self, h, p):
+        """Fused projection, split into heads: three ``[b, heads, t, head_dim]``."""
+        c = self.config
+        qkv = self._linear(h, p + "attn.c_attn")  # [b, t, 3C]
+        b, t = tf.shape(qkv)[0], tf.shape(qkv)[1]
+        qkv = tf.reshape(qkv, [b, t, 3, c.n_head, c.head_dim])
+        qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, b, heads, t, head_dim]
+        return qkv[0], qkv[1], qkv[2]
+
+    def _attention(self, q, k, v, mask, layer, p):
+        """Masked softmax attention; q ``[b,h,t,d]``, k/v ``[b,h,S,d]``, mask ``[b,1,t,S]``."""
+        c = self.config
+        scores = tf.einsum("bhtd,bhsd->bhts", q, tf.cast(k, tf.float32))
+        scale = 1.0
+        if c.scale_attn_weights:
+            scale /= math.sqrt(c.head_dim)
+        if c.scale_attn_by_inverse_layer_idx:
+            scale /= float(layer + 1)
+        scores = scores * scale
+        # A large finite negative, not -inf: a query with every key masked (a
+        # pad position) then gets a harmless uniform softmax instead of NaN.
+        scores = tf.where(mask, scores, tf.float32.min)
+        probs = tf.nn.softmax(scores, axis=-1)
+        out = tf.einsum("bhts,bhsd->bhtd", probs, tf.cast(v, tf.float32))
+        b, t = tf.shape(out)[0], tf.shape(out)[2]
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, c.n_embd])
+        return self._linear(out, p + "attn.c_proj")
+
+    def _mlp(self, h, p):
+        return self._linear(self._act(self._linear(h, p + "mlp.c_fc")), p + "mlp.c_proj")
+
+    def _lm_head(self, hidden):
+        """``[..., C]`` -> float32 ``[..., vocab]`` logits."""
+        head = self.weights["wte.weight" if self.config.tie_word_embeddings else "lm_head.weight"]
+        logits = tf.matmul(tf.cast(hidden, self.dtype), head, transpose_b=True)
+        return tf.cast(logits, tf.float32)
+
+
+def _random_init(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+    """GPT-2's init: N(0, 0.02) matrices, zero biases, unit layer-norm gains."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes.items():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            out[name] = np.ones(shape, np.float32)
+        elif name.endswith(".bias"):
+            out[name] = np.zeros(shape, np.float32)
+        else:
+            out[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
+    return out

@@ -1,0 +1,310 @@
+"""``LanguageModel``: the public face -- validation, compiled-function cache, outputs.
+
+The split of work:
+
+* host side (here): check arguments (``validation.py``), turn option values
+  into tensors, pick the compiled function for this call's *shapes*;
+* graph side (``decoding.py``, ``beam_search.py``): one traced function per
+  shape key, XLA-compiled on first use, reused for any option values.
+
+``compile_count`` counts traces of generation functions: each trace is one
+new graph for XLA to compile, so tests use it to prove that changing option
+values does not recompile.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from . import beam_search, decoding, processors, validation
+from .checkpoint import read_generation_config, resolve_checkpoint
+from .gpt2 import GPT2
+from .tokenizer import Tokenizer
+
+# transformers' generate() defaults; a checkpoint's generation_config.json
+# overrides them, explicit arguments override both.
+_GENERATION_DEFAULTS = dict(
+    max_new_tokens=20, min_new_tokens=0, do_sample=False, temperature=1.0, top_k=50, top_p=1.0,
+    num_beams=1, num_return_sequences=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
+    bad_words_ids=None, suppress_tokens=None, forced_eos_token_id=None, length_penalty=1.0,
+    early_stopping=False, eos_token_id=None, pad_token_id=None,
+)
+
+_EARLY_STOPPING = {False: 0, True: 1, "never": 2}
+
+#: How many compiled generation functions a LanguageModel keeps (least
+#: recently used are dropped), so a long-running process cannot grow forever.
+MAX_COMPILED_FUNCTIONS = 32
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+    """What ``generate`` returns (numpy arrays).
+
+    Attributes:
+      sequences: int32 ``[rows, prompt_len + max_new_tokens]``: the
+        (left-padded) prompt, the new tokens, ``pad_token_id`` after EOS.
+        ``rows = batch * num_return_sequences``, grouped by prompt.
+      scores: float32 ``[rows, max_new_tokens]`` log-probability of each chosen
+        token under the processed distribution (0 after EOS), when
+        ``output_scores=True``; else None.
+      sequences_scores: float32 ``[rows]`` beam search's length-penalised
+        score; None for greedy / sampling.
+    """
+
+    sequences: np.ndarray
+    scores: np.ndarray | None = None
+    sequences_scores: np.ndarray | None = None
+
+
+class LanguageModel:
+    """A decoder model plus (optionally) its tokenizer and generation defaults.
+
+    Args:
+      model: any ``protocol.DecoderModel`` that also has ``forward`` (GPT2).
+      tokenizer: a :class:`Tokenizer` or None.
+      generation_config: dict of defaults (``generation_config.json``).
+    """
+
+    def __init__(self, model, tokenizer: Tokenizer | None = None,
+                 generation_config: dict | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.defaults = dict(_GENERATION_DEFAULTS)
+        config_eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+        self.defaults["eos_token_id"] = config_eos
+        self.defaults["pad_token_id"] = getattr(getattr(model, "config", None), "pad_token_id", None)
+        for key, value in (generation_config or {}).items():
+            if key in self.defaults:
+                self.defaults[key] = value
+        self._compiled: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self.compile_count = 0
+
+    # ------------------------------------------------------------------ logits
+    def logits(self, input_ids, attention_mask=None, jit_compile: bool = True) -> np.ndarray:
+        """All-position next-token logits, no cache.
+
+        Args:
+          input_ids: int ``[batch, T]`` (or ``[T]``).
+          attention_mask: int ``[batch, T]`` left-padding mask, or None.
+
+        Returns:
+          float32 ``[batch, T, vocab]``. Rows at pad positions are meaningless.
+        """
+        ids = validation.token_array(input_ids, self.model.vocab_size)
+        mask = validation.mask_array(attention_mask, ids)
+        if ids.shape[1] > self.model.max_positions:
+            validation.fail("input_ids", f"length {ids.shape[1]}",
+                            f"must be <= n_positions={self.model.max_positions}")
+        fn = self._function(("logits", jit_compile), lambda: tf.function(
+            self.model.forward, jit_compile=jit_compile, reduce_retracing=False))
+        return fn(tf.constant(ids), tf.constant(mask)).numpy()
+
+    # ---------------------------------------------------------------- generate
+    def generate(self, input_ids, attention_mask=None, *, max_new_tokens=None, min_new_tokens=None,
+                 do_sample=None, temperature=None, top_k=None, top_p=None, num_beams=None,
+                 num_return_sequences=None, repetition_penalty=None, no_repeat_ngram_size=None,
+                 bad_words_ids=None, suppress_tokens=None, forced_eos_token_id=None,
+                 length_penalty=None, early_stopping=None, eos_token_id=None, pad_token_id=None,
+                 seed=None, output_scores: bool = False, jit_compile: bool = True) -> GenerateOutput:
+        """Generates continuations of left-padded prompts in one compiled call.
+
+        Argument names and meanings follow transformers' ``generate()``; an
+        argument left as None takes the checkpoint's ``generation_config.json``
+        value, else transformers' default.
+
+        Args:
+          input_ids: int ``[batch, P]`` token ids (left-padded), or ``[P]``.
+          attention_mask: int ``[batch, P]``, 1 = token, 0 = left padding.
+          max_new_tokens: int >= 1; prompt + new tokens <= n_positions.
+          do_sample: sample instead of greedy; with ``temperature``, ``top_k``
+            (0 = off), ``top_p`` (1.0 = off). ``temperature=0`` is greedy.
+          num_beams: > 1 selects beam search (``length_penalty``,
+            ``early_stopping`` in {True, False, "never"}).
+          num_return_sequences: rows returned per prompt (sampling or beams).
+          seed: ``(a, b)`` for all rows or int ``[batch, 2]`` per prompt.
+            A row's sample depends only on its prompt, its seed, and which of
+            its return sequences it is. None draws a random seed.
+          output_scores: also return per-step log-probs (``scores``).
+          jit_compile: False runs the same graph without XLA.
+
+        Returns:
+          :class:`GenerateOutput`.
+        """
+        a = self._resolve(locals())
+        ids = validation.token_array(input_ids, self.model.vocab_size)
+        mask = validation.mask_array(attention_mask, ids)
+        batch, prompt_len = ids.shape
+        vocab = self.model.vocab_size
+
+        n_new = validation.positive_int("max_new_tokens", a["max_new_tokens"])
+        if prompt_len + n_new > self.model.max_positions:
+            validation.fail("max_new_tokens", n_new,
+                            f"prompt length {prompt_len} + max_new_tokens must be <= "
+                            f"n_positions={self.model.max_positions}")
+        num_beams = validation.positive_int("num_beams", a["num_beams"])
+        nrs = validation.positive_int("num_return_sequences", a["num_return_sequences"])
+        do_sample = bool(a["do_sample"])
+        if nrs > 1 and num_beams == 1 and not do_sample:
+            validation.fail("num_return_sequences", nrs,
+                            "must be 1 for greedy decoding; use do_sample=True or num_beams > 1")
+        if nrs > num_beams and num_beams > 1:
+            validation.fail("num_return_sequences", nrs, f"must be <= num_beams={num_beams}")
+        eos_ids = validation.token_ids("eos_token_id", a["eos_token_id"], vocab)
+        pad_id = a["pad_token_id"]
+        if pad_id is None:
+            pad_id = eos_ids[0] if eos_ids else 0
+        pad_id = validation.token_ids("pad_token_id", pad_id, vocab)[0]
+        forced_ids = validation.token_ids("forced_eos_token_id", a["forced_eos_token_id"], vocab)
+        early = a["early_stopping"]
+        if not (early is True or early is False or early == "never"):
+            validation.fail("early_stopping", early, 'must be True, False or "never"')
+        if a["bad_words_ids"] is None:
+            bad_ids, bad_lengths = np.zeros([0, 1], np.int32), np.zeros([0], np.int32)
+        else:
+            bad_ids, bad_lengths = processors.pack_bad_words(a["bad_words_ids"], vocab, eos_token_id=eos_ids)
+        rows = batch * (1 if num_beams > 1 else nrs)
+        seed = a["seed"]
+        if seed is None:
+            seed = np.random.default_rng().integers(0, 2**31, size=2)
+        seeds = validation.seeds(seed, batch)
+        options = decoding.DecodeOptions(
+            max_new_tokens=tf.constant(n_new, tf.int32),
+            pad_token_id=tf.constant(pad_id, tf.int32),
+            eos_mask=tf.constant(processors.vocab_mask_from_ids(eos_ids, vocab)),
+            min_new_tokens=tf.constant(validation.positive_int(
+                "min_new_tokens", a["min_new_tokens"], minimum=0), tf.int32),
+            forced_eos_mask=tf.constant(processors.vocab_mask_from_ids(forced_ids, vocab)),
+            suppress_mask=tf.constant(processors.vocab_mask_from_ids(
+                validation.token_ids("suppress_tokens", a["suppress_tokens"], vocab), vocab)),
+            repetition_penalty=tf.constant(validation.real(
+                "repetition_penalty", a["repetition_penalty"], low=0, low_open=True), tf.float32),
+            no_repeat_ngram_size=tf.constant(validation.positive_int(
+                "no_repeat_ngram_size", a["no_repeat_ngram_size"], minimum=0), tf.int32),
+            bad_words_ids=tf.constant(bad_ids),
+            bad_words_lengths=tf.constant(bad_lengths),
+            temperature=tf.constant(validation.real("temperature", a["temperature"], low=0), tf.float32),
+            top_k=tf.constant(validation.positive_int("top_k", a["top_k"] or 0, minimum=0), tf.int32),
+            top_p=tf.constant(validation.real("top_p", a["top_p"], low=0, high=1, low_open=True), tf.float32),
+            seeds=tf.constant(np.repeat(seeds, rows // batch, axis=0)),
+            sample_index=tf.constant(np.tile(np.arange(rows // batch, dtype=np.int32), batch)),
+            length_penalty=tf.constant(validation.real("length_penalty", a["length_penalty"]), tf.float32),
+            early_stopping=tf.constant(_EARLY_STOPPING[early], tf.int32),
+        )
+        # Everything validated: from here on nothing can fail on user input.
+        if rows != batch:  # sampling with several return sequences: one row per sample
+            ids, mask = np.repeat(ids, nrs, axis=0), np.repeat(mask, nrs, axis=0)
+        key = ("generate", rows, prompt_len, n_new, do_sample, num_beams, nrs if num_beams > 1 else 1,
+               bad_ids.shape, jit_compile)
+        fn = self._function(key, lambda: self._build_generate(n_new, do_sample, num_beams, nrs, jit_compile))
+        sequences, scores, sequences_scores = fn(tf.constant(ids), tf.constant(mask), options)
+        width = prompt_len + n_new
+        return GenerateOutput(
+            sequences=sequences.numpy()[:, :width],
+            scores=scores.numpy()[:, :n_new] if output_scores else None,
+            sequences_scores=sequences_scores.numpy() if num_beams > 1 else None,
+        )
+
+    def _build_generate(self, n_new, do_sample, num_beams, nrs, jit_compile):
+        model = self.model
+
+        def generate_graph(input_ids, attention_mask, options):
+            self.compile_count += 1  # runs once per trace, i.e. once per compile
+            if num_beams > 1:
+                return beam_search.beam_search(model, input_ids, attention_mask, options, n_new,
+                                               num_beams, nrs, do_sample)
+            sequences, scores = decoding.sample_loop(model, input_ids, attention_mask, options,
+                                                     n_new, do_sample)
+            return sequences, scores, tf.zeros([tf.shape(sequences)[0]], tf.float32)
+
+        return tf.function(generate_graph, jit_compile=jit_compile, reduce_retracing=False)
+
+    def generate_text(self, prompts: str | Sequence[str], max_new_tokens=None, **kwargs) -> list[str]:
+        """Tokenizes, generates and decodes; returns only the new text of each row.
+
+        Args:
+          prompts: a string or a list of strings.
+          **kwargs: any ``generate`` argument.
+
+        Returns:
+          ``batch * num_return_sequences`` strings, grouped by prompt.
+        """
+        if self.tokenizer is None:
+            raise ValueError("generate_text needs a tokenizer: the checkpoint folder has no "
+                             "tokenizer.json (or vocab.json + merges.txt)")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt:
+                validation.fail(f"prompts[{i}]", prompt, "must be a non-empty string")
+        pad_id = kwargs.get("pad_token_id") or self.defaults["pad_token_id"]
+        eos = validation.token_ids("eos_token_id", kwargs.get("eos_token_id", self.defaults["eos_token_id"]),
+                                   self.model.vocab_size)
+        if pad_id is None:
+            pad_id = eos[0] if eos else 0
+        ids, mask = self.tokenizer.encode_batch(list(prompts), pad_token_id=pad_id)
+        out = self.generate(ids, mask, max_new_tokens=max_new_tokens, **kwargs)
+        new = out.sequences[:, ids.shape[1]:]
+        return self.tokenizer.decode_batch(new, skip_ids=set(eos) | {pad_id})
+
+    # ----------------------------------------------------------------- helpers
+    def _resolve(self, arguments: dict) -> dict:
+        return {k: (arguments[k] if arguments.get(k) is not None else self.defaults[k])
+                for k in _GENERATION_DEFAULTS} | {"seed": arguments.get("seed")}
+
+    def _function(self, key, build):
+        """The compiled function for ``key``, built on first use (LRU-bounded)."""
+        if key in self._compiled:
+            self._compiled.move_to_end(key)
+            return self._compiled[key]
+        fn = build()
+        self._compiled[key] = fn
+        if len(self._compiled) > MAX_COMPILED_FUNCTIONS:
+            self._compiled.popitem(last=False)
+        return fn
+
+
+def default_model_path() -> Path:
+    """Folder of the shipped default checkpoint (``models/gpt2-shakespeare``).
+
+    Found next to the package in a source checkout / editable install, else
+    inside the installed package (``xladecode/_default_model``).
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "models" / "gpt2-shakespeare", here / "_default_model"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError("the default model is not installed; pass a checkpoint folder")
+
+
+def load(path_or_name: str | os.PathLike | None = None, *, dtype: str = "float32") -> LanguageModel:
+    """Loads a GPT-2 checkpoint folder (or a cached HF name) into a :class:`LanguageModel`.
+
+    Args:
+      path_or_name: checkpoint folder, a model name in the local Hugging Face
+        cache, or None for the shipped default model.
+      dtype: "float32" or "bfloat16" weights.
+
+    Raises:
+      FileNotFoundError: no such folder / no config.json / no safetensors
+        weights (pickle checkpoints are refused, with how to convert).
+      ValueError: an unsupported config value, or missing/extra/misshaped tensors.
+    """
+    if dtype not in ("float32", "bfloat16"):
+        validation.fail("dtype", dtype, 'must be "float32" or "bfloat16"')
+    folder = default_model_path() if path_or_name is None else resolve_checkpoint(path_or_name)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"config.json not found in {folder}")
+    model = GPT2.from_pretrained(folder, dtype=getattr(tf, dtype))
+    try:
+        tokenizer = Tokenizer.from_folder(folder)
+    except FileNotFoundError:
+        tokenizer = None
+    return LanguageModel(model, tokenizer, read_generation_config(folder))

@@ -1,0 +1,69 @@
+"""Position ids and attention masks that make left padding invisible.
+
+Decoder-only models pad prompts on the LEFT so every row's next token lands in
+the same column. A padded row must then behave exactly like the unpadded one:
+
+* its position ids start at 0 at its first real token, not at column 0;
+* no query may attend to a pad slot;
+* no query may attend to a slot that is later in the sequence (causality),
+  which also hides cache slots that have not been written yet.
+
+Example, one row padded by two::
+
+    attention_mask = [0, 0, 1, 1, 1]
+    position_ids   = [0, 0, 0, 1, 2]    # pads get 0; they are masked anyway
+
+The next generated token of that row has position 3 == its number of real
+tokens so far (:func:`next_positions`).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def positions_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:
+    """Position ids for a left-padded prompt.
+
+    Args:
+      attention_mask: int ``[batch, T]``, 1 for real tokens, 0 for padding.
+
+    Returns:
+      int32 ``[batch, T]``: 0, 1, 2, ... over the real tokens; 0 on pads.
+    """
+    mask = tf.cast(attention_mask, tf.int32)
+    return tf.maximum(tf.cumsum(mask, axis=-1) - 1, 0)
+
+
+def next_positions(attention_mask: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """Position id of generated token number ``step`` (0-based) of each row.
+
+    Args:
+      attention_mask: int ``[batch, T]`` prompt mask.
+      step: int32 scalar.
+
+    Returns:
+      int32 ``[batch, 1]``: the row's real prompt length + ``step``.
+    """
+    lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=-1, keepdims=True)
+    return lengths + tf.cast(step, tf.int32)
+
+
+def attention_mask(query_slots: tf.Tensor, key_mask: tf.Tensor) -> tf.Tensor:
+    """Which key slot each query may attend to: causal AND not padding.
+
+    Args:
+      query_slots: int32 ``[t]``, the cache slot of each query token.
+      key_mask: ``[batch, S]``, nonzero where a slot holds a real token (or
+        will, once written: causality hides the future).
+
+    Returns:
+      bool ``[batch, 1, t, S]`` (the 1 broadcasts over heads).
+
+    Example: query_slots=[3], key_mask=[[0, 1, 1, 1, 1]] ->
+      [[[[False, True, True, True, False]]]]   # pad at 0, slot 4 is the future
+    """
+    key_slots = tf.range(tf.shape(key_mask)[-1])
+    causal = key_slots[tf.newaxis, :] <= query_slots[:, tf.newaxis]  # [t, S]
+    not_pad = tf.cast(key_mask, tf.bool)[:, tf.newaxis, tf.newaxis, :]  # [b, 1, 1, S]
+    return tf.logical_and(causal[tf.newaxis, tf.newaxis], not_pad)

@@ -1,0 +1,64 @@
+"""The small interface between a model and the decoder.
+
+The decoder (``decoding.py``) never sees GPT-2: it drives any object with the
+three members below. A model keeps its cache in whatever nested structure of
+tensors it likes (a NamedTuple of per-layer tensors for GPT-2), with one rule:
+**every cache tensor has the batch as its leading axis**, so beam search can
+reorder a cache with one ``tf.gather(..., axis=0)`` per tensor, without knowing
+its layout.
+
+A decoding call then looks like::
+
+    cache = model.init_cache(batch_size, max_length)          # once, fixed size
+    logits, cache = model.step(prompt, positions, cache, 0, key_mask)   # prefill
+    while ...:                                                  # tf.while_loop
+        logits, cache = model.step(token[:, None], position, cache, slot, key_mask)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import tensorflow as tf
+
+Cache = Any  # a nest of tensors, each [batch, ...]
+
+
+@runtime_checkable
+class DecoderModel(Protocol):
+    """What a model must provide to be decoded by xladecode."""
+
+    #: Number of token ids; logits have this last dimension.
+    vocab_size: int
+    #: Longest sequence (prompt + new tokens) the model supports.
+    max_positions: int
+
+    def init_cache(self, batch_size: int, max_length: int) -> Cache:
+        """Allocates the cache once for ``max_length`` slots.
+
+        Args:
+          batch_size: Python int, rows decoded together.
+          max_length: Python int, prompt length + new tokens.
+
+        Returns:
+          A nest of zero tensors, each with leading axis ``batch_size``.
+        """
+        ...
+
+    def step(self, input_ids: tf.Tensor, positions: tf.Tensor, cache: Cache,
+             cache_index: tf.Tensor, key_mask: tf.Tensor) -> tuple[tf.Tensor, Cache]:
+        """Runs the model on ``t`` new tokens per row and writes them into the cache.
+
+        Args:
+          input_ids: int32 ``[batch, t]`` (t = prompt length for the prefill, 1 after).
+          positions: int32 ``[batch, t]`` position ids (padding-aware, see positions.py).
+          cache: the structure returned by ``init_cache`` (or a previous step).
+          cache_index: int32 scalar, the slot of ``input_ids[:, 0]``.
+          key_mask: int32 ``[batch, max_length]``: 1 where a slot holds (or will
+            hold) a real token, 0 for left padding. Causality hides the future.
+
+        Returns:
+          ``(logits, cache)``: float32 ``[batch, vocab_size]`` next-token logits
+          at the LAST of the ``t`` positions, and the updated cache.
+        """
+        ...

@@ -1,0 +1,142 @@
+"""GPT-2 byte-level BPE tokenizer with left padding for batched decoding.
+
+Why decoder-only models pad on the LEFT
+---------------------------------------
+A decoder-only model (GPT-2 and friends) generates the next token from the
+hidden state at the *last* position of each row. If a batch of prompts of
+different lengths were right-padded, the last position of a short prompt
+would be a pad token, and every row would "end" at a different column, so
+each step would have to gather a different index per row. Padding on the
+left instead right-aligns all prompts::
+
+    [pad pad  The  cat]          mask [0 0 1 1]
+    [ To  be   or  not]          mask [1 1 1 1]
+
+Now column ``T - 1`` holds the real final token for every row, and newly
+generated tokens are appended at the same column for the whole batch, which
+keeps shapes static (a requirement for compiling with XLA). The attention
+mask (0 = pad) tells the model to ignore the pad positions; position ids
+must then be derived from the mask (e.g. ``cumsum(mask) - 1``) so that the
+first real token of every row gets position 0.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer as _HFTokenizer
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+class Tokenizer:
+    """Thin wrapper around a ``tokenizers.Tokenizer`` holding GPT-2 BPE."""
+
+    def __init__(self, tokenizer: _HFTokenizer):
+        self._tok = tokenizer
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_vocab_merges(cls, vocab_path, merges_path) -> "Tokenizer":
+        """Builds GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt``."""
+        tok = _HFTokenizer(models.BPE.from_file(str(vocab_path), str(merges_path)))
+        # GPT-2 does not prepend a space to the first word: "TensorFlow" -> "T", ...
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        # Already in the vocab (id 50256); registering it as special makes the
+        # literal text "<|endoftext|>" encode to that single id.
+        tok.add_special_tokens([AddedToken(EOS_TOKEN, special=True)])
+        return cls(tok)
+
+    @classmethod
+    def from_folder(cls, path) -> "Tokenizer":
+        """Loads ``tokenizer.json``, else ``vocab.json`` + ``merges.txt``."""
+        folder = os.fspath(path)
+        tok_json = os.path.join(folder, "tokenizer.json")
+        vocab = os.path.join(folder, "vocab.json")
+        merges = os.path.join(folder, "merges.txt")
+        if os.path.isfile(tok_json):
+            return cls(_HFTokenizer.from_file(tok_json))
+        if os.path.isfile(vocab) and os.path.isfile(merges):
+            return cls.from_vocab_merges(vocab, merges)
+        raise FileNotFoundError(
+            f"no tokenizer in {folder!r}: looked for 'tokenizer.json' or "
+            "'vocab.json' + 'merges.txt'")
+
+    def save_tokenizer_json(self, path) -> None:
+        """Writes the full tokenizer (model, pre-tokenizer, decoder) as JSON."""
+        self._tok.save(os.fspath(path), pretty=False)
+
+    # --------------------------------------------------------------- properties
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (50257 for GPT-2)."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """Id of ``<|endoftext|>`` (50256 for GPT-2), or None if absent."""
+        return self._tok.token_to_id(EOS_TOKEN)
+
+    # ----------------------------------------------------------------- encoding
+    def encode(self, text: str) -> list[int]:
+        """Encodes one string to token ids (no BOS/EOS are added)."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], *, pad_token_id: int,
+                     pad_to_multiple_of: int | None = None):
+        """Encodes strings into a LEFT-padded batch.
+
+        Returns:
+          input_ids: np.int32 [batch, T], ``pad_token_id`` in the padding.
+          attention_mask: np.int32 [batch, T], 0 for pads and 1 for tokens.
+          T is the longest row, rounded up to a multiple of
+          ``pad_to_multiple_of`` if given. An empty string gives a row of
+          pads with an all-zero mask (callers decide whether that is valid).
+        """
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+        rows = [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        T = max((len(r) for r in rows), default=0)
+        if pad_to_multiple_of:
+            T = -(-T // pad_to_multiple_of) * pad_to_multiple_of  # ceil to multiple
+        input_ids = np.full((len(rows), T), pad_token_id, dtype=np.int32)
+        attention_mask = np.zeros((len(rows), T), dtype=np.int32)
+        for i, r in enumerate(rows):
+            if r:  # guard: a[-0:] would select the whole row
+                input_ids[i, T - len(r):] = r
+                attention_mask[i, T - len(r):] = 1
+        return input_ids, attention_mask
+
+    # ----------------------------------------------------------------- decoding
+    @staticmethod
+    def _keep(ids, mask, skip_ids: Iterable[int]) -> list[int]:
+        """Drops positions with mask 0 and ids in ``skip_ids``."""
+        ids = np.asarray(ids).reshape(-1)
+        keep = ~np.isin(ids, np.fromiter(skip_ids, dtype=np.int64))
+        if mask is not None:
+            keep &= np.asarray(mask).reshape(-1) != 0
+        return ids[keep].tolist()
+
+    def decode(self, ids, attention_mask=None, skip_ids: Iterable[int] = ()) -> str:
+        """Decodes one row of ids ([T], any int dtype) to a string.
+
+        Positions where ``attention_mask`` is 0 and ids listed in ``skip_ids``
+        are removed first; everything else (``<|endoftext|>`` included) is
+        decoded verbatim.
+        """
+        kept = self._keep(ids, attention_mask, tuple(skip_ids))
+        return self._tok.decode(kept, skip_special_tokens=False)
+
+    def decode_batch(self, ids_2d, attention_mask=None,
+                     skip_ids: Iterable[int] = ()) -> list[str]:
+        """Decodes ``ids_2d`` [batch, T] (optional mask [batch, T]) row by row."""
+        skip_ids = tuple(skip_ids)
+        ids_2d = np.asarray(ids_2d)
+        masks = [None] * len(ids_2d) if attention_mask is None else np.asarray(attention_mask)
+        rows = [self._keep(r, m, skip_ids) for r, m in zip(ids_2d, masks)]
+        return self._tok.decode_batch(rows, skip_special_tokens=False)

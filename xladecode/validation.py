@@ -1,0 +1,124 @@
+"""Checks of user input, run on the host BEFORE anything is traced or compiled.
+
+Every error names the argument, the offending value and what is allowed, so a
+user never has to read an XLA stack trace to find a typo. Nothing here touches
+TensorFlow: a bad call fails fast and leaves no state behind.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+
+def fail(argument: str, value, allowed: str):
+    """Raises ``ValueError`` in the house style."""
+    shown = value if isinstance(value, (int, float, str, bool, type(None))) else _short(value)
+    raise ValueError(f"{argument}={shown!r} is invalid: {allowed}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def token_array(input_ids, vocab_size: int) -> np.ndarray:
+    """``input_ids`` as int32 ``[batch, T]``; 1-D input becomes one row."""
+    array = np.asarray(input_ids)
+    if array.dtype == object or array.size and not np.issubdtype(array.dtype, np.integer):
+        if array.dtype.kind == "f" and np.all(np.mod(array, 1) == 0):
+            fail("input_ids", array.tolist(), "token ids must be integers, got floats")
+        fail("input_ids", array.tolist() if array.size < 20 else array, "token ids must be integers")
+    if array.ndim == 1:
+        array = array[np.newaxis, :]
+    if array.ndim != 2:
+        fail("input_ids", f"array of shape {array.shape}", "expected shape [batch, length]")
+    if array.shape[0] < 1:
+        fail("input_ids", f"array of shape {array.shape}", "need at least one row")
+    if array.shape[1] < 1:
+        fail("input_ids", f"array of shape {array.shape}", "prompts must have at least one token")
+    if array.size and (array.min() < 0 or array.max() >= vocab_size):
+        bad = int(array.min()) if array.min() < 0 else int(array.max())
+        fail("input_ids", bad, f"token ids must be in [0, {vocab_size - 1}]")
+    return array.astype(np.int32)
+
+
+def mask_array(attention_mask, input_ids: np.ndarray) -> np.ndarray:
+    """Checks a left-padding mask: 0/1, same shape, no 0 after a 1, no empty row."""
+    if attention_mask is None:
+        return np.ones_like(input_ids, np.int32)
+    mask = np.asarray(attention_mask)
+    if mask.ndim == 1:
+        mask = mask[np.newaxis, :]
+    if mask.shape != input_ids.shape:
+        fail("attention_mask", f"array of shape {mask.shape}",
+             f"must have the shape of input_ids {input_ids.shape}")
+    if not np.isin(mask, (0, 1)).all():
+        bad = mask[~np.isin(mask, (0, 1))].flat[0]
+        fail("attention_mask", bad.item(), "values must be 0 or 1")
+    mask = mask.astype(np.int32)
+    empty = np.flatnonzero(mask.sum(1) == 0)
+    if empty.size:
+        fail("attention_mask", f"row {empty[0]} all zeros", "every prompt needs at least one real token")
+    # Left padding: once a row has seen a 1, it never goes back to 0.
+    right_padded = np.flatnonzero((np.diff(mask, axis=1) < 0).any(1))
+    if right_padded.size:
+        fail("attention_mask", f"row {right_padded[0]} = {mask[right_padded[0]].tolist()}",
+             "padding must be on the LEFT (a 0 after a 1 is right padding); use left padding")
+    return mask
+
+
+def positive_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        fail(name, value, "must be an integer")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f", <= {maximum}" if maximum is not None else ""
+        fail(name, value, f"must be >= {minimum}{upper}")
+    return value
+
+
+def real(name: str, value, low=None, high=None, low_open=False, high_open=False) -> float:
+    """A finite float inside the given bounds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        fail(name, value, "must be a real number, not NaN")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        fail(name, value, f"must be {'>' if low_open else '>='} {low}")
+    if high is not None and (value > high or (high_open and value == high)):
+        fail(name, value, f"must be {'<' if high_open else '<='} {high}")
+    return value
+
+
+def token_ids(name: str, value, vocab_size: int, allow_none: bool = True) -> list[int]:
+    """An int or a list of ints, each in ``[0, vocab_size)``; None -> []."""
+    if value is None:
+        if allow_none:
+            return []
+        fail(name, value, "an id is required")
+    values = [value] if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    try:
+        values = list(values)
+    except TypeError:
+        fail(name, value, "must be an int or a list of ints")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < vocab_size:
+            fail(name, value, f"ids must be integers in [0, {vocab_size - 1}]")
+    return [int(v) for v in values]
+
+
+def seeds(value, rows: int) -> np.ndarray:
+    """``seed`` as int32 ``[rows, 2]``: one pair for all rows, or one pair per row."""
+    array = np.asarray(value)
+    if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
+        fail("seed", value, "must be two ints (a, b) or an int array of shape [batch, 2]")
+    if array.shape == (2,):
+        array = np.broadcast_to(array, (rows, 2))
+    if array.shape != (rows, 2):
+        fail("seed", f"array of shape {array.shape}", f"must have shape (2,) or ({rows}, 2)")
+    if array.min() < -(2**31) or array.max() >= 2**32:
+        fail("seed", value, "each seed must fit in 32 bits")
+    # Values >= 2^31 wrap to negative int32: the bits are what matter.
+    return array.astype(np.int64).astype(np.uint32).view(np.int32).reshape(rows, 2).copy()
