@@ -201,9 +201,9 @@ class LanguageModel:
         # Everything validated: from here on nothing can fail on user input.
         if rows != batch:  # sampling with several return sequences: one row per sample
             ids, mask = np.repeat(ids, nrs, axis=0), np.repeat(mask, nrs, axis=0)
-        key = ("generate", rows, prompt_len, n_new, do_sample, num_beams, nrs if num_beams > 1 else 1,
-               bad_ids.shape, jit_compile)
-        fn = self._function(key, lambda: self._build_generate(n_new, do_sample, num_beams, nrs, jit_compile))
+        beam_key = (num_beams, nrs, len(set(eos_ids))) if num_beams > 1 else None
+        key = ("generate", rows, prompt_len, n_new, do_sample, beam_key, bad_ids.shape, jit_compile)
+        fn = self._function(key, lambda: self._build_generate(n_new, do_sample, beam_key, jit_compile))
         sequences, scores, sequences_scores = fn(tf.constant(ids), tf.constant(mask), options)
         width = prompt_len + n_new
         return GenerateOutput(
@@ -212,14 +212,15 @@ class LanguageModel:
             sequences_scores=sequences_scores.numpy() if num_beams > 1 else None,
         )
 
-    def _build_generate(self, n_new, do_sample, num_beams, nrs, jit_compile):
+    def _build_generate(self, n_new, do_sample, beam_key, jit_compile):
         model = self.model
 
         def generate_graph(input_ids, attention_mask, options):
             self.compile_count += 1  # runs once per trace, i.e. once per compile
-            if num_beams > 1:
+            if beam_key is not None:
+                num_beams, nrs, num_eos = beam_key
                 return beam_search.beam_search(model, input_ids, attention_mask, options, n_new,
-                                               num_beams, nrs, do_sample)
+                                               num_beams, nrs, do_sample, num_eos)
             sequences, scores = decoding.sample_loop(model, input_ids, attention_mask, options,
                                                      n_new, do_sample)
             return sequences, scores, tf.zeros([tf.shape(sequences)[0]], tf.float32)

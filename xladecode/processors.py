@@ -442,7 +442,7 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
 
     agrees = context_ok[:, None, :] & (context_token[:, None, :] == word_token[None, :, :])
     matches = tf.reduce_all(~needed[None, :, :] | agrees, axis=-1)  # [B, W]
-    matches &= (lengths > 0)[None, :]
+    pass
 
     last_token = tf.gather(word_ids, tf.clip_by_value(lengths - 1, 0, width - 1), batch_dims=1)  # [W]
     banned = _ids_to_vocab_mask(

@@ -1,0 +1,434 @@
+"""Tests for xladecode.processors against transformers' PyTorch processors.
+
+Each processor is checked, on random inputs drawn by hypothesis, against the
+``transformers.generation.logits_process`` class it mirrors.  Every one of our
+functions runs three ways -- eagerly, as a plain ``tf.function`` graph and
+under XLA -- and all three must agree with the reference.
+
+To keep the file fast, inputs always have the same shapes (batch ``B``,
+buffer ``L``, vocab ``V``, ``N_WORDS`` x ``WORD_LEN`` bad words), so each
+compiled function is traced exactly once; ``ThreeWays`` asserts that after
+every call, which is also the proof that changing an option value (penalty,
+k, p, n-gram size, step...) never retraces.
+"""
+
+import doctest
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from hypothesis import assume, given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+from transformers.generation import logits_process as hf
+
+from xladecode import processors as P
+
+B, L, V = 3, 12, 17
+N_WORDS, WORD_LEN = 4, 3
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+# ---------------------------------------------------------------------------
+# Harness
+# ---------------------------------------------------------------------------
+
+
+class ThreeWays:
+    """Run a processor eagerly, as a graph and under XLA.
+
+    The two ``tf.function`` wrappers are built once, so they are traced (and
+    XLA-compiled) on the first call only; later calls with new option values
+    must hit the cache, which ``__call__`` checks.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.graph = tf.function(fn, jit_compile=False)
+        self.xla = tf.function(fn, jit_compile=True)
+
+    def __call__(self, *args):
+        args = [tf.constant(a) for a in args]
+        outs = [self.fn(*args).numpy(), self.graph(*args).numpy(), self.xla(*args).numpy()]
+        assert self.graph.experimental_get_tracing_count() == 1, "graph retraced"
+        assert self.xla.experimental_get_tracing_count() == 1, "XLA function retraced"
+        return outs
+
+
+RP = ThreeWays(P.repetition_penalty)
+NGRAM = ThreeWays(P.no_repeat_ngram)
+BAD = ThreeWays(P.bad_words)
+MIN_NEW = ThreeWays(P.min_new_tokens)
+SUPPRESS = ThreeWays(P.suppress_tokens)
+FORCED = ThreeWays(P.forced_eos)
+TEMP = ThreeWays(P.temperature)
+TOP_K = ThreeWays(P.top_k)
+TOP_P = ThreeWays(P.top_p)
+
+
+def reference(processor, input_ids, logits):
+    """Apply a transformers processor to numpy inputs; numpy float32 out."""
+    ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
+    return processor(ids, torch.tensor(logits)).numpy()
+
+
+def assert_matches(outs, ref):
+    """Every output has -inf exactly where ``ref`` does and agrees to 1e-5."""
+    for out in outs:
+        np.testing.assert_array_equal(np.isneginf(out), np.isneginf(ref))
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def assert_bit_identical(outs, logits):
+    for out in outs:
+        np.testing.assert_array_equal(out.view(np.uint32), np.asarray(logits, np.float32).view(np.uint32))
+
+
+# ---------------------------------------------------------------------------
+# Strategies
+# ---------------------------------------------------------------------------
+
+# Drawing many scores from a small grid makes ties (and exact zeros) common.
+SCORE_GRID = [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]
+SCORES = st.one_of(st.sampled_from(SCORE_GRID), st.floats(-10, 10, width=32))
+
+
+def f32(lo, hi):
+    """Python floats in [lo, hi] that are exactly representable in float32."""
+    return st.floats(lo, hi).map(lambda x: float(np.float32(x)))
+
+
+def logits_st(elements=SCORES):
+    return hnp.arrays(np.float32, (B, V), elements=elements)
+
+
+@st.composite
+def prefixes(draw, alphabet=V):
+    """An unpadded buffer: ``cur_len`` real tokens, then unwritten garbage.
+
+    The garbage deliberately includes ids outside the vocabulary: the
+    processors must never look at (or crash on) unwritten slots.
+    """
+    cur_len = draw(st.integers(1, L))
+    real = draw(hnp.arrays(np.int32, (B, L), elements=st.integers(0, alphabet - 1)))
+    garbage = draw(hnp.arrays(np.int32, (B, L), elements=st.integers(-3, 3 * V)))
+    written = np.broadcast_to(np.arange(L) < cur_len, (B, L))
+    return np.where(written, real, garbage).astype(np.int32), written.copy(), cur_len
+
+
+@st.composite
+def padded_batches(draw, alphabet):
+    """Rows of different lengths, left-padded to end together at ``cur_len``.
+
+    Pad slots hold ordinary ids from the same alphabet, so any processor that
+    wrongly read them would change its answer.
+    """
+    cur_len = draw(st.integers(1, L))
+    counts = [draw(st.integers(1, cur_len)) for _ in range(B)]
+    tokens = draw(hnp.arrays(np.int32, (B, L), elements=st.integers(0, alphabet - 1)))
+    mask = np.zeros((B, L), dtype=bool)
+    for row, count in enumerate(counts):
+        mask[row, cur_len - count : cur_len] = True
+    return tokens, mask, cur_len
+
+
+WORDS = st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=WORD_LEN), min_size=1, max_size=N_WORDS)
+EOS_IDS = st.lists(st.integers(0, V - 1), min_size=1, max_size=3, unique=True)
+
+
+# ---------------------------------------------------------------------------
+# Processors vs transformers
+# ---------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(logits_st(), prefixes(), st.one_of(st.just(1.0), f32(0.2, 3.0)))
+def test_repetition_penalty_matches_transformers(logits, prefix, penalty):
+    tokens, mask, cur_len = prefix
+    outs = RP(logits, tokens, mask, np.float32(penalty))
+    ref = reference(hf.RepetitionPenaltyLogitsProcessor(float(penalty)), tokens[:, :cur_len], logits)
+    assert_matches(outs, ref)
+
+
+@SETTINGS
+@given(logits_st(), prefixes(alphabet=3), st.integers(0, 6))
+def test_no_repeat_ngram_matches_transformers(logits, prefix, n):
+    # A 3-letter alphabet makes repeated n-grams (and so bans) frequent.
+    tokens, mask, cur_len = prefix
+    outs = NGRAM(logits, tokens, mask, cur_len, n)
+    if n == 0:  # disabled (transformers rejects 0 instead)
+        assert_bit_identical(outs, logits)
+    else:
+        assert_matches(outs, reference(hf.NoRepeatNGramLogitsProcessor(n), tokens[:, :cur_len], logits))
+
+
+@SETTINGS
+@given(logits_st(), prefixes(alphabet=4), WORDS, st.one_of(st.none(), st.integers(0, 3)))
+def test_bad_words_matches_transformers(logits, prefix, words, eos):
+    tokens, mask, cur_len = prefix
+    # Fixed [N_WORDS, WORD_LEN] packing: unused rows have length 0.
+    ids, lengths = P.pack_bad_words(words, V, eos_token_id=eos, num_words=N_WORDS, max_word_len=WORD_LEN)
+    outs = BAD(logits, tokens, mask, cur_len, ids, lengths)
+    if lengths.sum() == 0:  # every word was the EOS id; transformers refuses an empty list
+        assert_bit_identical(outs, logits)
+    else:
+        proc = hf.NoBadWordsLogitsProcessor(words, eos_token_id=eos)
+        assert_matches(outs, reference(proc, tokens[:, :cur_len], logits))
+
+
+@SETTINGS
+@given(logits_st(), st.integers(1, 5), st.integers(0, 6), st.integers(0, 6), EOS_IDS)
+def test_min_new_tokens_matches_transformers(logits, prompt_len, step, min_new, eos_ids):
+    outs = MIN_NEW(logits, step, min_new, P.eos_mask_from_ids(eos_ids, V))
+    proc = hf.MinNewTokensLengthLogitsProcessor(prompt_len, min_new, eos_ids)
+    assert_matches(outs, reference(proc, np.zeros((B, prompt_len + step)), logits))
+
+
+@SETTINGS
+@given(logits_st(), st.lists(st.integers(0, V - 1), max_size=5))
+def test_suppress_tokens_matches_transformers(logits, ids):
+    outs = SUPPRESS(logits, P.vocab_mask_from_ids(ids, V))
+    if not ids:
+        assert_bit_identical(outs, logits)
+    else:
+        assert_matches(outs, reference(hf.SuppressTokensLogitsProcessor(ids), np.zeros((B, 1)), logits))
+
+
+@SETTINGS
+@given(logits_st(), st.integers(1, 5), st.integers(0, 6), st.integers(1, 7), EOS_IDS)
+def test_forced_eos_matches_transformers(logits, prompt_len, step, max_new, eos_ids):
+    outs = FORCED(logits, step, max_new, P.eos_mask_from_ids(eos_ids, V))
+    # transformers counts the prompt: max_length = prompt + max_new_tokens.
+    proc = hf.ForcedEOSTokenLogitsProcessor(prompt_len + max_new, eos_ids)
+    assert_matches(outs, reference(proc, np.zeros((B, prompt_len + step)), logits))
+
+
+def test_forced_eos_sets_every_eos_to_zero_and_ignores_earlier_bans():
+    eos = P.eos_mask_from_ids([2, 5], V)
+    logits = np.full((B, V), -np.inf, np.float32)  # even EOS banned beforehand
+    for out in FORCED(logits, 3, 4, eos):
+        assert (out[:, [2, 5]] == 0).all() and np.isneginf(np.delete(out, [2, 5], axis=1)).all()
+
+
+# ---------------------------------------------------------------------------
+# Warpers vs transformers
+# ---------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(logits_st(), f32(0.05, 5.0))
+def test_temperature_matches_transformers(logits, t):
+    outs = TEMP(logits, np.float32(t))
+    assert_matches(outs, reference(hf.TemperatureLogitsWarper(float(t)), np.zeros((B, 1)), logits))
+
+
+@SETTINGS
+@given(logits_st(st.one_of(SCORES, st.just(-np.inf))), st.integers(0, V + 5))
+def test_top_k_matches_transformers(logits, k):
+    outs = TOP_K(logits, k)
+    if k == 0:
+        assert_bit_identical(outs, logits)
+    else:
+        assert_matches(outs, reference(hf.TopKLogitsWarper(k), np.zeros((B, 1)), logits))
+
+
+def _near_top_p_cut(logits, p, tol=1e-4):
+    """True if some cumulative probability is within float noise of ``1 - p``.
+
+    There, float32 rounding (TF and torch sum in different orders) may flip a
+    token either way, so such draws are not meaningful comparisons.
+    """
+    s = np.sort(logits.astype(np.float64), axis=-1)
+    probs = np.exp(s - s.max(axis=-1, keepdims=True))
+    cumulative = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)
+    return bool(np.any(np.abs(cumulative - (1 - p)) < tol))
+
+
+@SETTINGS
+@given(logits_st(), st.one_of(st.just(1.0), f32(0.01, 0.999)))
+def test_top_p_matches_transformers(logits, p):
+    outs = TOP_P(logits, np.float32(p))
+    if p == 1.0:
+        assert_bit_identical(outs, logits)
+        return
+    assume(not _near_top_p_cut(logits, p))
+    ref = reference(hf.TopPLogitsWarper(float(p)), np.zeros((B, 1)), logits)
+    ref_kept = ~np.isneginf(ref)
+    np.testing.assert_array_equal(ref[ref_kept], logits[ref_kept])
+    for out in outs:
+        kept = ~np.isneginf(out)
+        np.testing.assert_array_equal(out[kept], logits[kept])
+        # We keep everything transformers keeps ...
+        assert (kept | ~ref_kept).all()
+        # ... plus, at most, tokens tied with its smallest kept score: torch
+        # drops an arbitrary part of a tie group straddling the cut (its sort
+        # is not stable), we keep the whole group. See the top_p docstring.
+        for row in range(B):
+            extra = kept[row] & ~ref_kept[row]
+            assert (logits[row, extra] == logits[row, ref_kept[row]].min()).all()
+
+
+def test_top_p_keeps_whole_tie_group_at_the_cut():
+    # Four equal tokens, p = 0.6: the cut (1 - p = 0.4) lands inside the tie,
+    # after the first token (cumulative 0.25). transformers drops one of the
+    # four, chosen by torch.sort's tie order; we keep all four.
+    logits = np.zeros((B, V), np.float32)
+    logits[:, 4:] = -np.inf
+    for out in TOP_P(logits, np.float32(0.6)):
+        assert np.isfinite(out[:, :4]).all() and np.isneginf(out[:, 4:]).all()
+    ref = reference(hf.TopPLogitsWarper(0.6), np.zeros((B, 1)), logits)
+    assert np.isfinite(ref[:, :4]).sum(axis=-1).tolist() == [3] * B
+
+
+def test_disabled_warpers_are_bit_exact_no_ops():
+    # -0.0, a NaN, and a score whose probability underflows to exactly 0 (which
+    # transformers' warper would remove even with top_p == 1.0).
+    logits = np.random.default_rng(0).normal(size=(B, V)).astype(np.float32)
+    logits[0, 0], logits[1, 1], logits[2, 2] = -0.0, np.nan, -200.0
+    assert_bit_identical(TOP_P(logits, np.float32(1.0)), logits)
+    assert_bit_identical(TOP_K(logits, 0), logits)
+    assert_bit_identical(RP(logits, np.zeros((B, L), np.int32) + 1, np.ones((B, L), bool), np.float32(1.0)), logits)
+
+
+# ---------------------------------------------------------------------------
+# Left padding
+# ---------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    logits_st(),
+    padded_batches(alphabet=4),
+    f32(0.2, 3.0),
+    st.integers(1, 4),
+    WORDS,
+)
+def test_left_padding_is_ignored(logits, batch, penalty, n, words):
+    """Each padded row gives the same result as its unpadded tokens alone."""
+    tokens, mask, cur_len = batch
+    ids, lengths = P.pack_bad_words(words, V, num_words=N_WORDS, max_word_len=WORD_LEN)
+    padded = {
+        "rp": RP(logits, tokens, mask, np.float32(penalty)),
+        "ngram": NGRAM(logits, tokens, mask, cur_len, n),
+        "bad": BAD(logits, tokens, mask, cur_len, ids, lengths),
+    }
+    for row in range(B):
+        real = tokens[row][mask[row]]  # the row without padding
+        row_logits = logits[row : row + 1]
+        refs = {
+            "rp": hf.RepetitionPenaltyLogitsProcessor(float(penalty)),
+            "ngram": hf.NoRepeatNGramLogitsProcessor(n),
+            "bad": hf.NoBadWordsLogitsProcessor(words),
+        }
+        # Our own unpadded run: the same tokens left-aligned in a fresh buffer.
+        unpadded_tokens = np.zeros((1, L), np.int32)
+        unpadded_tokens[0, : len(real)] = real
+        unpadded_mask = np.arange(L)[None, :] < len(real)
+        ours_unpadded = {
+            "rp": P.repetition_penalty(row_logits, unpadded_tokens, unpadded_mask, np.float32(penalty)),
+            "ngram": P.no_repeat_ngram(row_logits, unpadded_tokens, unpadded_mask, len(real), n),
+            "bad": P.bad_words(row_logits, unpadded_tokens, unpadded_mask, len(real), ids, lengths),
+        }
+        for name, outs in padded.items():
+            ref = reference(refs[name], real[None, :], row_logits)
+            assert_matches([out[row : row + 1] for out in outs], ref)
+            assert_matches([ours_unpadded[name].numpy()], ref)
+
+
+def test_repetition_penalty_ignores_pad_id_unlike_transformers():
+    # Pad id 0 sits in slot 0; only ids 1 and 3 are real.
+    logits = np.array([[2.0, -2.0, 1.0, 4.0]], np.float32)
+    tokens = np.array([[0, 1, 3, 0]], np.int32)
+    mask = np.array([[False, True, True, False]])
+    out = P.repetition_penalty(logits, tokens, mask, np.float32(2.0)).numpy()
+    np.testing.assert_array_equal(out, [[2.0, -4.0, 1.0, 2.0]])
+    ref = reference(hf.RepetitionPenaltyLogitsProcessor(2.0), tokens[:, :3], logits)
+    assert ref[0, 0] == 1.0  # transformers penalises the pad id too
+
+
+def test_no_repeat_ngram_windows_do_not_span_padding():
+    # Row: [pad 1 2] + real "3 1 2". Were padding counted, the 3-gram "1 2 3"
+    # would exist and "1 2" would ban 3.
+    tokens = np.array([[1, 2, 3, 1, 2, 0]], np.int32)
+    mask = np.array([[False, False, True, True, True, False]])
+    out = P.no_repeat_ngram(np.zeros((1, 5), np.float32), tokens, mask, 5, 3).numpy()
+    assert np.isfinite(out).all()
+    mask[0, :2] = True  # now "1 2 3" is real and 3 is banned
+    out = P.no_repeat_ngram(np.zeros((1, 5), np.float32), tokens, mask, 5, 3).numpy()
+    assert np.isneginf(out).tolist() == [[False, False, False, True, False]]
+
+
+# ---------------------------------------------------------------------------
+# Bad-words packing, zero words, validation
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(0, 1), (0, WORD_LEN)])
+def test_bad_words_with_zero_words_is_a_no_op(shape):
+    logits = np.random.default_rng(1).normal(size=(B, V)).astype(np.float32)
+    tokens = np.ones((B, L), np.int32)
+    mask = np.ones((B, L), bool)
+    fn = ThreeWays(P.bad_words)  # its own: these shapes differ from BAD's
+    outs = fn(logits, tokens, mask, L, np.zeros(shape, np.int32), np.zeros(shape[:1], np.int32))
+    assert_bit_identical(outs, logits)
+
+
+def test_pack_bad_words_drops_single_token_eos_like_generate():
+    ids, lengths = P.pack_bad_words([[5], [5, 6], [7]], V, eos_token_id=[5])
+    assert ids.tolist() == [[5, 6], [7, 0]] and lengths.tolist() == [2, 1]
+    ids, lengths = P.pack_bad_words([[5]], V, eos_token_id=5)
+    assert ids.shape == (0, 1) and lengths.shape == (0,)
+    assert ids.dtype == lengths.dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    "words, match",
+    [
+        ([], r"`bad_words_ids`.*non-empty"),
+        ("12", r"`bad_words_ids`.*non-empty list"),
+        ([3, 4], r"`bad_words_ids`.*list of lists"),
+        ([[1], []], r"`bad_words_ids`.*empty word at index 1.*\[0, 17\)"),
+        ([[1, 17]], r"`bad_words_ids`.*token id 17 .*\[0, 17\)"),
+        ([[-1]], r"`bad_words_ids`.*token id -1 .*\[0, 17\)"),
+        ([[1.0]], r"`bad_words_ids`.*integer"),
+        ([[True]], r"`bad_words_ids`.*integer"),
+    ],
+)
+def test_pack_bad_words_validation(words, match):
+    with pytest.raises(ValueError, match=match):
+        P.pack_bad_words(words, V)
+
+
+def test_pack_bad_words_padding_limits():
+    with pytest.raises(ValueError, match="num_words=1"):
+        P.pack_bad_words([[1], [2]], V, num_words=1)
+    with pytest.raises(ValueError, match="max_word_len=1"):
+        P.pack_bad_words([[1, 2]], V, max_word_len=1)
+
+
+@pytest.mark.parametrize(
+    "fn, ids, match",
+    [
+        (P.eos_mask_from_ids, 17, r"`eos_token_id`.*17.*\[0, 17\)"),
+        (P.eos_mask_from_ids, [1, -2], r"`eos_token_id`.*-2.*\[0, 17\)"),
+        (P.eos_mask_from_ids, [1.5], r"`eos_token_id`.*integer"),
+        (P.vocab_mask_from_ids, [0, 40], r"`ids`.*40.*\[0, 17\)"),
+        (P.vocab_mask_from_ids, [True], r"`ids`.*integer"),
+    ],
+)
+def test_mask_validation(fn, ids, match):
+    with pytest.raises(ValueError, match=match):
+        fn(ids, V)
+
+
+def test_masks_from_ids():
+    assert P.eos_mask_from_ids(None, 4).tolist() == [False] * 4
+    assert P.eos_mask_from_ids(np.array([3, 3, 0]), 4).tolist() == [True, False, False, True]
+    assert P.vocab_mask_from_ids([], 3).dtype == bool
+    with pytest.raises(ValueError, match="vocab_size"):
+        P.vocab_mask_from_ids([0], 0)
+
+
+def test_docstring_examples():
+    result = doctest.testmod(P, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted >= 15
