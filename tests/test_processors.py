@@ -109,7 +109,7 @@ def prefixes(draw, alphabet=V):
     The garbage deliberately includes ids outside the vocabulary: the
     processors must never look at (or crash on) unwritten slots.
     """
-    cur_len = draw(st.integers(1, L))
+    cur_len = draw(st.one_of(st.integers(1, 3), st.integers(1, L)))  # short contexts are edge cases
     real = draw(hnp.arrays(np.int32, (B, L), elements=st.integers(0, alphabet - 1)))
     garbage = draw(hnp.arrays(np.int32, (B, L), elements=st.integers(-3, 3 * V)))
     written = np.broadcast_to(np.arange(L) < cur_len, (B, L))
@@ -124,7 +124,7 @@ def padded_batches(draw, alphabet):
     wrongly read them would change its answer.
     """
     cur_len = draw(st.integers(1, L))
-    counts = [draw(st.integers(1, cur_len)) for _ in range(B)]
+    counts = [draw(st.one_of(st.integers(1, 2), st.integers(1, cur_len))) for _ in range(B)]
     tokens = draw(hnp.arrays(np.int32, (B, L), elements=st.integers(0, alphabet - 1)))
     mask = np.zeros((B, L), dtype=bool)
     for row, count in enumerate(counts):
@@ -287,7 +287,8 @@ def test_disabled_warpers_are_bit_exact_no_ops():
     logits[0, 0], logits[1, 1], logits[2, 2] = -0.0, np.nan, -200.0
     assert_bit_identical(TOP_P(logits, np.float32(1.0)), logits)
     assert_bit_identical(TOP_K(logits, 0), logits)
-    assert_bit_identical(RP(logits, np.zeros((B, L), np.int32) + 1, np.ones((B, L), bool), np.float32(1.0)), logits)
+    seen_ids = np.tile(np.arange(L, dtype=np.int32), (B, 1))
+    assert_bit_identical(RP(logits, seen_ids, np.ones((B, L), bool), np.float32(1.0)), logits)
 
 
 # ---------------------------------------------------------------------------
@@ -356,6 +357,21 @@ def test_no_repeat_ngram_windows_do_not_span_padding():
     mask[0, :2] = True  # now "1 2 3" is real and 3 is banned
     out = P.no_repeat_ngram(np.zeros((1, 5), np.float32), tokens, mask, 5, 3).numpy()
     assert np.isneginf(out).tolist() == [[False, False, False, True, False]]
+
+
+def test_bad_word_prefix_longer_than_the_row_never_matches():
+    # Word "1 1 2" needs two context tokens. Row 0 has only one real token
+    # (slot 0); row 1 has one real token after a pad that holds 1.
+    ids, lengths = P.pack_bad_words([[1, 1, 2]], V)
+    tokens = np.array([[1, 9, 9], [1, 1, 9]], np.int32)
+    mask = np.array([[True, False, False], [False, True, False]])
+    zeros = np.zeros((1, V), np.float32)
+    for row, cur_len in [(0, 1), (1, 2)]:
+        out = P.bad_words(zeros, tokens[row : row + 1], mask[row : row + 1], cur_len, ids, lengths)
+        assert np.isfinite(out.numpy()).all()
+    mask[1, 0] = True  # now "1 1" is real context and 2 is banned
+    out = P.bad_words(zeros, tokens[1:], mask[1:], 2, ids, lengths).numpy()
+    assert np.flatnonzero(np.isneginf(out)).tolist() == [2]
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Usage::
         --out data/train_run --export models/gpt2-shakespeare [--resume]
 
     python tools/train_shakespeare.py --benchmark 20 ...   # tokens/s, then exit
+    python tools/train_shakespeare.py --verify models/gpt2-shakespeare  # vs transformers
 
 What it does
   * Model: ``xladecode.gpt2.GPT2`` (random GPT-2 init, N(0, 0.02)) with the
@@ -271,6 +272,47 @@ class Trainer(tf.Module):
         return (folder / "model.safetensors").stat().st_size
 
 
+# ---------------------------------------------------------------------- verify
+def verify_export(folder: str | Path, tokens: int = 128) -> dict:
+    """Loads ``folder`` with transformers and with xladecode and compares logits.
+
+    Both sides use the float16 weights widened to float32 (so the difference
+    is arithmetic only). Fails if transformers reports missing / unexpected /
+    mismatched keys or logs a warning while loading. Needs torch + transformers.
+    """
+    import io
+    import logging
+
+    import torch
+    import transformers
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(logging.WARNING)
+    hf_logger = transformers.utils.logging.get_logger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        model, info = transformers.GPT2LMHeadModel.from_pretrained(
+            folder, output_loading_info=True, dtype=torch.float32)
+    finally:
+        hf_logger.removeHandler(handler)
+    problems = {k: sorted(map(str, v)) for k, v in info.items() if v}
+    if problems or stream.getvalue().strip():
+        raise SystemExit(f"transformers did not load {folder} cleanly: {problems} {stream.getvalue()!r}")
+    model.eval()
+    ours = GPT2.from_pretrained(folder)
+    ids = np.random.default_rng(0).integers(0, ours.vocab_size, size=(2, min(tokens, ours.max_positions)))
+    with torch.no_grad():
+        theirs = model(torch.tensor(ids)).logits.numpy()
+    mine = ours.forward(ids.astype(np.int32)).numpy()
+    result = {"folder": str(folder), "loading_info": "no missing/unexpected/mismatched keys, no warnings",
+              "max_abs_logit_diff": float(np.abs(theirs - mine).max()),
+              "max_abs_logit": float(np.abs(theirs).max()),
+              "argmax_agreement": float((theirs.argmax(-1) == mine.argmax(-1)).mean())}
+    print(json.dumps(result), flush=True)
+    return result
+
+
 # ------------------------------------------------------------------------ main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -302,6 +344,8 @@ def parse_args(argv=None):
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) at this step")
     p.add_argument("--benchmark", type=int, default=0, help="time this many steps, print tokens/s, exit")
     p.add_argument("--no-determinism", action="store_true", help="skip TF op determinism")
+    p.add_argument("--verify", default=None, metavar="FOLDER",
+                   help="only compare FOLDER's logits in transformers and xladecode, then exit")
     args = p.parse_args(argv)
     if args.seq_len > args.n_positions:
         p.error(f"--seq-len {args.seq_len} exceeds --n-positions {args.n_positions}")
@@ -310,6 +354,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.verify:
+        verify_export(args.verify)
+        return
     command = "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + (argv or sys.argv[1:])))
     if not args.no_determinism:
         tf.config.experimental.enable_op_determinism()
@@ -395,10 +442,10 @@ def main(argv=None):
         if not math.isfinite(loss):
             raise SystemExit(f"loss is {loss} at step {step}")
         run["train_losses"].append(loss)
-        bar.update(1)
         tok_s = run["timed_tokens"] / run["train_s"] if run["train_s"] else 0.0
         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{float(lr):.2e}", gnorm=f"{float(grad_norm):.2f}",
                         tok_s=f"{tok_s:.0f}", refresh=False)
+        bar.update(1)
         if step % args.eval_every == 0 or step == args.steps:
             record_eval(step)
         if step % args.ckpt_every == 0 or step == stop:

@@ -210,11 +210,13 @@ def pack_bad_words(
             )
         for token_id in word:
             if not _is_token_id(token_id):
-                raise ValueError(f"`bad_words_ids` must contain integer token ids, but word {index} contains {token_id!r}.")
+                raise ValueError(
+                    f"`bad_words_ids` must contain integer token ids, but word {index} contains {token_id!r}."
+                )
             if not 0 <= token_id < vocab_size:
                 raise ValueError(
-                    f"`bad_words_ids` contains token id {token_id} (word {index}), but ids must be in the range "
-                    f"[0, {vocab_size}) for vocab_size={vocab_size}."
+                    f"`bad_words_ids` contains token id {token_id} (word {index}), but ids must be in the "
+                    f"range [0, {vocab_size}) for vocab_size={vocab_size}."
                 )
         words.append([int(t) for t in word])
 
@@ -227,7 +229,9 @@ def pack_bad_words(
     if rows < len(words):
         raise ValueError(f"`bad_words_ids` has {len(words)} words, more than num_words={num_words}.")
     if cols < longest or cols < 1:
-        raise ValueError(f"`bad_words_ids` has a word of {longest} tokens, longer than max_word_len={max_word_len}.")
+        raise ValueError(
+            f"`bad_words_ids` has a word of {longest} tokens, longer than max_word_len={max_word_len}."
+        )
 
     ids = np.zeros([rows, cols], dtype=np.int32)
     lengths = np.zeros([rows], dtype=np.int32)
@@ -442,7 +446,7 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
 
     agrees = context_ok[:, None, :] & (context_token[:, None, :] == word_token[None, :, :])
     matches = tf.reduce_all(~needed[None, :, :] | agrees, axis=-1)  # [B, W]
-    pass
+    matches &= (lengths > 0)[None, :]
 
     last_token = tf.gather(word_ids, tf.clip_by_value(lengths - 1, 0, width - 1), batch_dims=1)  # [W]
     banned = _ids_to_vocab_mask(
