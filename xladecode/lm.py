@@ -245,9 +245,9 @@ class LanguageModel:
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt:
                 validation.fail(f"prompts[{i}]", prompt, "must be a non-empty string")
-        pad_id = kwargs.get("pad_token_id") or self.defaults["pad_token_id"]
-        eos = validation.token_ids("eos_token_id", kwargs.get("eos_token_id", self.defaults["eos_token_id"]),
-                                   self.model.vocab_size)
+        resolved = self._resolve(kwargs)
+        eos = validation.token_ids("eos_token_id", resolved["eos_token_id"], self.model.vocab_size)
+        pad_id = resolved["pad_token_id"]
         if pad_id is None:
             pad_id = eos[0] if eos else 0
         ids, mask = self.tokenizer.encode_batch(list(prompts), pad_token_id=pad_id)
