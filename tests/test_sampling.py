@@ -239,3 +239,34 @@ def test_sampling_is_not_greedy(tiny_lm):
                                seed=seeds, eos_token_id=[], pad_token_id=0).sequences
     assert not (sampled == greedy).all()
     assert len({tuple(r) for r in sampled.tolist()}) > 1
+
+
+WARP_V = 700
+
+
+@tf.function(jit_compile=True)
+def _warp(logits, k, p, t):
+    from xladecode.decoding import DecodeOptions
+    zeros = {f: tf.zeros([]) for f in DecodeOptions._fields}
+    options = DecodeOptions(**(zeros | dict(top_k=k, top_p=p, temperature=t)))
+    from xladecode.decoding import warp_logits
+    return warp_logits(logits, options)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(k=st.sampled_from([0, 1, 2, 40, 255, 256, 257, 600, 700, 900]),
+       p=st.sampled_from([1.0, 0.95, 0.5, 0.05]), t=st.sampled_from([1.0, 0.7]),
+       seed_=st.integers(0, 1000), ties=st.booleans())
+def test_fast_top_k_path_equals_full_sort(k, p, t, seed_, ties):
+    """The partial-sort path of warp_logits keeps exactly the tokens of the full filters."""
+    rng = np.random.default_rng(seed_)
+    logits = rng.normal(0, 3, (3, WARP_V)).astype(np.float32)
+    if ties:
+        logits = np.round(logits)  # many exact ties, also at the k-th score
+    got = _warp(tf.constant(logits), tf.constant(k), tf.constant(p, tf.float32),
+                tf.constant(t, tf.float32)).numpy()
+    want = processors.temperature(tf.constant(logits), tf.constant(t))
+    want = processors.top_p(processors.top_k(want, tf.constant(k)), tf.constant(p)).numpy()
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=0, atol=0)
+    assert _warp.experimental_get_tracing_count() == 1

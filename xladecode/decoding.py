@@ -99,16 +99,41 @@ def process_logits(logits, tokens, token_mask, cur_len, step, options: DecodeOpt
     return tf.where(tf.reduce_any(options.forced_eos_mask), forced, logits)
 
 
+#: Candidate pool of the fast top-k path in :func:`warp_logits`.
+TOP_K_FAST_PATH = 256
+
+
 def warp_logits(logits, options: DecodeOptions):
     """Sampling warpers: temperature, then top-k, then top-p (transformers' order).
 
     A temperature of 0 is handled by the caller (greedy); here it is replaced
     by 1 so nothing divides by zero.
+
+    Speed: top-k and top-p as written in ``processors.py`` sort the whole
+    vocabulary (50k entries per row, every step). When ``0 < top_k <= 256``
+    -- the usual case -- only the 256 best scores can survive, so we run both
+    filters on ``tf.math.top_k(logits, 256)`` (a partial sort) and turn the
+    result back into a threshold over the full row. Filters that are off are
+    skipped. Each branch is a ``tf.cond`` on tensor values: still one graph.
     """
     safe_t = tf.where(options.temperature > 0, options.temperature, 1.0)
     logits = processors.temperature(logits, safe_t)
-    logits = processors.top_k(logits, options.top_k)
-    return processors.top_p(logits, options.top_p)
+    k, p = options.top_k, options.top_p
+    pool = min(TOP_K_FAST_PATH, logits.shape[-1])
+
+    def on_top_candidates():
+        best = tf.math.top_k(logits, pool).values  # [B, pool], descending
+        kept = processors.top_p(processors.top_k(best, k), p)
+        threshold = tf.reduce_min(tf.where(tf.math.is_finite(kept), kept, best[:, :1]), -1, keepdims=True)
+        return tf.where(logits >= threshold, logits, float("-inf"))
+
+    def on_full_vocabulary():
+        return processors.top_p(processors.top_k(logits, k), p)
+
+    filters_off = tf.logical_and(k <= 0, p >= 1)
+    fast = tf.logical_and(k > 0, k <= pool)
+    return tf.cond(filters_off, lambda: logits,
+                   lambda: tf.cond(fast, on_top_candidates, on_full_vocabulary))
 
 
 def choose_tokens(processed, options: DecodeOptions, keys, step, do_sample: bool):
