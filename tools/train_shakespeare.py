@@ -178,8 +178,10 @@ class Trainer(tf.Module):
         self.m = [tf.Variable(tf.zeros_like(p), name="m_" + p.name.split(":")[0]) for p in self.params]
         self.v = [tf.Variable(tf.zeros_like(p), name="v_" + p.name.split(":")[0]) for p in self.params]
         self.step = tf.Variable(0, dtype=tf.int64, name="step")
-        self.train_step = tf.function(self._train_step, jit_compile=True)
-        self.eval_step = tf.function(self._eval_step, jit_compile=True)
+        # autograph=False: plain Python loops unroll at trace time, and tracing never
+        # re-reads this file's source (editing the script mid-run cannot break a run).
+        self.train_step = tf.function(self._train_step, jit_compile=True, autograph=False)
+        self.eval_step = tf.function(self._eval_step, jit_compile=True, autograph=False)
 
     def learning_rate(self, step):
         """Linear warmup to ``lr`` over ``warmup`` steps, then cosine to ``lr * min_lr_ratio``."""

@@ -64,6 +64,19 @@ class GenerateOutput:
     sequences_scores: np.ndarray | None = None
 
 
+@dataclasses.dataclass
+class PreparedCall:
+    """A validated generate call: host arrays, option tensors and the compile key."""
+
+    input_ids: np.ndarray  # int32 [rows, P]
+    attention_mask: np.ndarray  # int32 [rows, P]
+    options: decoding.DecodeOptions
+    max_new_tokens: int
+    do_sample: bool
+    beam_key: tuple | None  # (num_beams, num_return_sequences, num_eos_ids) for beam search
+    shape_key: tuple  # everything that changes a shape: one compiled graph per value
+
+
 class LanguageModel:
     """A decoder model plus (optionally) its tokenizer and generation defaults.
 
@@ -138,7 +151,39 @@ class LanguageModel:
         Returns:
           :class:`GenerateOutput`.
         """
-        a = self._resolve(locals())
+        arguments = locals()
+        options = {k: arguments[k] for k in (*_GENERATION_DEFAULTS, "seed")}
+        call = self.prepare(input_ids, attention_mask, **options)
+        key = ("generate",) + call.shape_key + (jit_compile,)
+        fn = self._function(key, lambda: self._build_generate(
+            call.max_new_tokens, call.do_sample, call.beam_key, jit_compile))
+        sequences, scores, sequences_scores = fn(tf.constant(call.input_ids),
+                                                 tf.constant(call.attention_mask), call.options)
+        width = call.input_ids.shape[1] + call.max_new_tokens
+        return GenerateOutput(
+            sequences=sequences.numpy()[:, :width],
+            scores=scores.numpy()[:, :call.max_new_tokens] if output_scores else None,
+            sequences_scores=sequences_scores.numpy() if call.beam_key else None,
+        )
+
+    def prepare(self, input_ids, attention_mask=None, **options) -> "PreparedCall":
+        """Validates a ``generate`` call and turns it into arrays + option tensors.
+
+        Everything that can fail on user input fails here, before any trace or
+        compile. Used by ``generate``, the step-by-step debugger and export.
+
+        Args:
+          input_ids, attention_mask: as for :meth:`generate`.
+          **options: any :meth:`generate` decoding option (None = default).
+
+        Returns:
+          :class:`PreparedCall`; its ``input_ids`` have ``batch *
+          num_return_sequences`` rows when sampling several sequences.
+        """
+        unknown = set(options) - set(_GENERATION_DEFAULTS) - {"seed"}
+        if unknown:
+            raise TypeError(f"unknown generate option(s): {', '.join(sorted(unknown))}")
+        a = self._resolve(options)
         ids = validation.token_array(input_ids, self.model.vocab_size)
         mask = validation.mask_array(attention_mask, ids)
         batch, prompt_len = ids.shape
@@ -175,7 +220,7 @@ class LanguageModel:
         if seed is None:
             seed = np.random.default_rng().integers(0, 2**31, size=2)
         seeds = validation.seeds(seed, batch)
-        options = decoding.DecodeOptions(
+        decode_options = decoding.DecodeOptions(
             max_new_tokens=tf.constant(n_new, tf.int32),
             pad_token_id=tf.constant(pad_id, tf.int32),
             eos_mask=tf.constant(processors.vocab_mask_from_ids(eos_ids, vocab)),
@@ -202,15 +247,8 @@ class LanguageModel:
         if rows != batch:  # sampling with several return sequences: one row per sample
             ids, mask = np.repeat(ids, nrs, axis=0), np.repeat(mask, nrs, axis=0)
         beam_key = (num_beams, nrs, len(set(eos_ids))) if num_beams > 1 else None
-        key = ("generate", rows, prompt_len, n_new, do_sample, beam_key, bad_ids.shape, jit_compile)
-        fn = self._function(key, lambda: self._build_generate(n_new, do_sample, beam_key, jit_compile))
-        sequences, scores, sequences_scores = fn(tf.constant(ids), tf.constant(mask), options)
-        width = prompt_len + n_new
-        return GenerateOutput(
-            sequences=sequences.numpy()[:, :width],
-            scores=scores.numpy()[:, :n_new] if output_scores else None,
-            sequences_scores=sequences_scores.numpy() if num_beams > 1 else None,
-        )
+        return PreparedCall(ids, mask, decode_options, n_new, do_sample, beam_key,
+                            shape_key=(rows, prompt_len, n_new, do_sample, beam_key, bad_ids.shape))
 
     def _build_generate(self, n_new, do_sample, beam_key, jit_compile):
         model = self.model

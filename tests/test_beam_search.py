@@ -1,0 +1,508 @@
+"""Beam search: parity with transformers, laws (hypothesis), beam sampling, compile keys.
+
+Compile budget: every distinct (batch, prompt width, max_new_tokens,
+num_beams, num_return_sequences, number of EOS ids, do_sample, jit) is one
+trace / XLA compile, so each test keeps its shapes fixed and lets hypothesis
+vary only values (prompt contents, lengths inside the fixed width, batch
+composition, length_penalty, early_stopping, EOS id values).
+
+The tie rule for beams (the beam analogue of ``laws.assert_same_tokens``):
+two runs that should agree may still return different hypotheses in a slot
+when float rounding reorders near-equal scores; that is accepted only if the
+two hypotheses' ``sequences_scores`` agree within :data:`BEAM_TIE`. Any other
+difference is a bug.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import torch
+from hypothesis import given, settings, strategies as st
+
+import xladecode
+from checkpoints import make_checkpoint
+from laws import assert_pad_after_eos, assert_same_tokens, left_pad
+from xladecode import beam_search as beam_module
+from xladecode import processors
+from xladecode.decoding import DecodeOptions
+
+BEAM_TIE = 1e-5  # two different hypotheses "tie" if their scores differ by less
+SCORE_ATOL = 1e-4  # same hypothesis, scores computed along two paths
+SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
+EARLY = [True, False, "never"]
+PENALTIES = [-1.0, 0.0, 1.0, 2.0]
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def _end(new_row, eos: set[int]) -> int:
+    """New-token length of a returned hypothesis: through its first EOS, else the whole row."""
+    for i, t in enumerate(np.asarray(new_row).tolist()):
+        if t in eos:
+            return i + 1
+    return len(new_row)
+
+
+def assert_same_beams(got_new, got_scores, want_new, want_scores, what: str):
+    """Row by row: the same hypothesis with scores within SCORE_ATOL, or a tie (scores within BEAM_TIE)."""
+    got_new, want_new = np.asarray(got_new), np.asarray(want_new)
+    assert got_new.shape == want_new.shape, (what, got_new.shape, want_new.shape)
+    for r in range(len(got_new)):
+        diff = abs(float(got_scores[r]) - float(want_scores[r]))
+        if np.array_equal(got_new[r], want_new[r]):
+            assert diff <= SCORE_ATOL, (
+                f"{what}: row {r} {got_new[r].tolist()} scores {got_scores[r]} vs {want_scores[r]}")
+        else:
+            assert diff <= BEAM_TIE, (
+                f"{what}: row {r} differs (got {got_new[r].tolist()} score {got_scores[r]:.7g}, want "
+                f"{want_new[r].tolist()} score {want_scores[r]:.7g}): score gap {diff:.3g} is not a tie")
+
+
+def assert_well_formed(new, eos: set[int], pad: int, max_new: int):
+    """After a hypothesis' first EOS only pad follows (finished beams are never extended)."""
+    new = np.asarray(new)
+    assert new.shape[1] == max_new
+    assert_pad_after_eos(new, eos, pad)
+
+
+# =====================================================================
+# 1. Parity with transformers (PyTorch) beam search
+# =====================================================================
+
+P_VOCAB, P_NEW, P_PAD = 41, 8, 1  # pad 1, not 0: transformers fills with EOS when pad_token_id is 0
+P_LENGTHS = (7, 2, 5)
+P_WIDTH = max(P_LENGTHS)
+
+# (num_beams, num_return_sequences, length_penalty, early_stopping): every
+# value of each appears; only 5 distinct (num_beams, nrs) shapes are compiled.
+COMBOS = [
+    (2, 1, 1.0, False),
+    (2, 2, 0.0, True),
+    (3, 2, -1.0, "never"),
+    (3, 2, 2.0, False),
+    (3, 2, 1.0, True),
+    (4, 2, 1.0, "never"),
+    (4, 2, 0.0, False),
+    (4, 4, 2.0, True),
+]
+
+
+def _combo_id(c):
+    return f"beams{c[0]}-nrs{c[1]}-lp{c[2]:g}-early{c[3]}"
+
+
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    """A random GPT-2 (transformers) and the same checkpoint in xladecode, plus a frequent EOS id."""
+    folder = tmp_path_factory.mktemp("beam_parity")
+    ref = make_checkpoint(folder, n_layer=2, n_head=2, n_embd=24, vocab_size=P_VOCAB, n_positions=64,
+                          seed=3, eos_token_id=3)
+    lm = xladecode.load(folder)
+    rng = np.random.default_rng(0)
+    rows = [[int(t) for t in rng.integers(0, P_VOCAB, n)] for n in P_LENGTHS]
+    ids, mask = left_pad(rows, P_WIDTH, pad_id=P_PAD)
+    # EOS = the token a free greedy run emits most often, so it fires mid-way in some beams.
+    free = lm.generate(ids, mask, max_new_tokens=P_NEW, eos_token_id=[], pad_token_id=P_PAD).sequences
+    eos = int(np.bincount(free[:, P_WIDTH:].ravel(), minlength=P_VOCAB).argmax())
+    return ref, lm, ids, mask, eos
+
+
+def _ours(lm, ids, mask, eos, combo, jit_compile=True):
+    nb, nrs, lp, early = combo
+    return lm.generate(ids, mask, max_new_tokens=P_NEW, num_beams=nb, num_return_sequences=nrs,
+                       length_penalty=lp, early_stopping=early, eos_token_id=eos, pad_token_id=P_PAD,
+                       output_scores=True, jit_compile=jit_compile)
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=_combo_id)
+def test_beam_search_matches_transformers(parity, combo):
+    ref, lm, ids, mask, eos = parity
+    nb, nrs, lp, early = combo
+    out = _ours(lm, ids, mask, eos, combo)
+    with torch.no_grad():
+        theirs = ref.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                              max_new_tokens=P_NEW, num_beams=nb, num_return_sequences=nrs,
+                              length_penalty=lp, early_stopping=early, do_sample=False, eos_token_id=eos,
+                              pad_token_id=P_PAD, return_dict_in_generate=True, output_scores=True)
+        their_token_scores = ref.compute_transition_scores(
+            theirs.sequences, theirs.scores, theirs.beam_indices, normalize_logits=False).numpy()
+    their_seqs = theirs.sequences.numpy()
+    rows, width = len(ids) * nrs, P_WIDTH + P_NEW
+    assert out.sequences.shape == (rows, width) and their_seqs.shape[0] == rows
+    assert out.scores.shape == (rows, P_NEW) and out.sequences_scores.shape == (rows,)
+    np.testing.assert_array_equal(out.sequences[:, :P_WIDTH], np.repeat(ids, nrs, axis=0))
+
+    # transformers trims trailing columns that no returned hypothesis reaches; ours keeps them as pad.
+    common = their_seqs.shape[1]
+    assert P_WIDTH < common <= width
+    their_new = np.full([rows, P_NEW], P_PAD, np.int64)
+    their_new[:, :common - P_WIDTH] = their_seqs[:, P_WIDTH:]
+    assert (out.sequences[:, common:] == P_PAD).all()
+    assert_same_beams(out.sequences[:, P_WIDTH:], out.sequences_scores, their_new,
+                      theirs.sequences_scores.numpy(), f"vs transformers {_combo_id(combo)}")
+    assert_well_formed(out.sequences[:, P_WIDTH:], {eos}, P_PAD, P_NEW)
+
+    # Per-token scores of each returned hypothesis (transformers' transition scores), 0 after its end.
+    same = (out.sequences[:, P_WIDTH:] == their_new).all(axis=1)
+    their_scores = np.zeros([rows, P_NEW], np.float32)
+    their_scores[:, :their_token_scores.shape[1]] = their_token_scores
+    np.testing.assert_allclose(out.scores[same], their_scores[same], atol=SCORE_ATOL, rtol=0)
+
+    # jit_compile=False runs the same graph without XLA: same result (tie rule).
+    plain = _ours(lm, ids, mask, eos, combo, jit_compile=False)
+    assert_same_beams(plain.sequences[:, P_WIDTH:], plain.sequences_scores, out.sequences[:, P_WIDTH:],
+                      out.sequences_scores, f"no XLA {_combo_id(combo)}")
+
+
+def test_parity_combos_cover_early_eos_and_max_length(parity):
+    """Guards the parity test against vacuity: in the combos above EOS ends some returned
+    hypotheses before max_new_tokens, and others run to max_new_tokens."""
+    _, lm, ids, mask, eos = parity
+    early_end = reached_max = 0
+    for combo in COMBOS:
+        new = _ours(lm, ids, mask, eos, combo).sequences[:, P_WIDTH:]
+        ends = [_end(row, {eos}) for row in new]
+        early_end += sum(e < P_NEW for e in ends)
+        reached_max += sum(e == P_NEW and row[-1] != eos for e, row in zip(ends, new))
+    assert early_end > 0, "EOS never fired before max_new_tokens"
+    assert reached_max > 0, "no hypothesis ran to max_new_tokens"
+
+
+# =====================================================================
+# 2. Laws on the shared tiny model (vocab 37)
+# =====================================================================
+
+VOCAB = 37
+WIDTH = 8  # prompt buffer width
+NEW = 6
+ROWS = 3  # batches are padded to ROWS prompts
+NB, NRS = 3, 2
+
+prompt = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=WIDTH)
+batch = st.lists(prompt, min_size=1, max_size=ROWS)
+# EOS sets are indices into the model's most frequent outputs; their SIZE is a compile key.
+eos_choice = st.sampled_from([(0,), (1,), (0, 1), (1, 2)])
+penalty = st.sampled_from(PENALTIES)
+early = st.sampled_from(EARLY)
+
+
+@pytest.fixture(scope="module")
+def frequent(tiny_lm):
+    """The three tokens this model generates most often from random prompts (greedy)."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, VOCAB, (ROWS, WIDTH)).astype(np.int32)
+    new = tiny_lm.generate(ids, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0).sequences[:, WIDTH:]
+    counts = np.bincount(new.ravel(), minlength=VOCAB)
+    return [int(t) for t in np.argsort(-counts, kind="stable")[:3]]
+
+
+def _pad_batch(rows, width=WIDTH):
+    """Pads to ``width`` and to ROWS rows (repeating row 0) so shapes never change."""
+    full = rows + [rows[0]] * (ROWS - len(rows))
+    return left_pad(full, width, pad_id=0)
+
+
+def _beams(lm, ids, mask, eos, *, num_beams=NB, nrs=NRS, max_new=NEW, pad=0, **kwargs):
+    return lm.generate(ids, mask, max_new_tokens=max_new, num_beams=num_beams, num_return_sequences=nrs,
+                       eos_token_id=eos, pad_token_id=pad, output_scores=True, **kwargs)
+
+
+def _options(vocab, batch_size, eos, pad, max_new, length_penalty=1.0, early_stopping=0):
+    """Greedy/beam DecodeOptions with every processor off (what ``generate`` builds for defaults)."""
+    off = tf.constant(np.zeros([vocab], bool))
+    return DecodeOptions(
+        max_new_tokens=tf.constant(max_new, tf.int32),
+        pad_token_id=tf.constant(pad, tf.int32),
+        eos_mask=tf.constant(processors.vocab_mask_from_ids(eos, vocab)),
+        min_new_tokens=tf.constant(0, tf.int32),
+        forced_eos_mask=off,
+        suppress_mask=off,
+        repetition_penalty=tf.constant(1.0, tf.float32),
+        no_repeat_ngram_size=tf.constant(0, tf.int32),
+        bad_words_ids=tf.zeros([0, 1], tf.int32),
+        bad_words_lengths=tf.zeros([0], tf.int32),
+        temperature=tf.constant(1.0, tf.float32),
+        top_k=tf.constant(0, tf.int32),
+        top_p=tf.constant(1.0, tf.float32),
+        seeds=tf.zeros([batch_size, 2], tf.int32),
+        sample_index=tf.zeros([batch_size], tf.int32),
+        length_penalty=tf.constant(length_penalty, tf.float32),
+        early_stopping=tf.constant(early_stopping, tf.int32),
+    )
+
+
+@pytest.fixture(scope="module")
+def one_beam(tiny_lm):
+    """``beam_search(num_beams=1)`` compiled with XLA, one function per number of EOS ids."""
+    functions = {}
+
+    def run(ids, mask, options, num_eos):
+        if num_eos not in functions:
+            def graph(ids, mask, options):
+                return beam_module.beam_search(tiny_lm.model, ids, mask, options, NEW, num_beams=1,
+                                               num_return_sequences=1, num_eos_ids=num_eos)
+            functions[num_eos] = tf.function(graph, jit_compile=True, reduce_retracing=False)
+        seqs, scores, seq_scores = functions[num_eos](tf.constant(ids), tf.constant(mask), options)
+        return seqs.numpy(), scores.numpy(), seq_scores.numpy()
+
+    return run
+
+
+@SETTINGS
+@given(rows=batch, eos=st.sampled_from([(), (0,), (1,), (0, 1)]))
+def test_one_beam_equals_greedy(tiny_lm, frequent, one_beam, rows, eos):
+    eos = [frequent[i] for i in eos]
+    ids, mask = _pad_batch(rows)
+    greedy = tiny_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0,
+                              output_scores=True)
+    seqs, scores, seq_scores = one_beam(ids, mask, _options(VOCAB, ROWS, eos, 0, NEW), len(eos))
+    assert seqs.shape == greedy.sequences.shape
+    np.testing.assert_array_equal(seqs[:, :WIDTH], ids)
+    for i, row in enumerate(rows):
+        assert_same_tokens(tiny_lm, row, seqs[i, WIDTH:], greedy.sequences[i, WIDTH:], "1 beam vs greedy")
+        if np.array_equal(seqs[i], greedy.sequences[i]):
+            np.testing.assert_allclose(scores[i], greedy.scores[i], atol=1e-5, rtol=0)
+            # length_penalty 1.0: the beam score is the mean token log-prob.
+            length = _end(seqs[i, WIDTH:], set(eos))
+            np.testing.assert_allclose(seq_scores[i], greedy.scores[i].sum() / length, atol=1e-5, rtol=1e-6)
+
+
+@SETTINGS
+@given(rows=batch, eos=eos_choice, lp=penalty, early_stopping=early)
+def test_xla_equals_no_xla(tiny_lm, frequent, rows, eos, lp, early_stopping):
+    eos = [frequent[i] for i in eos]
+    ids, mask = _pad_batch(rows)
+    kw = dict(length_penalty=lp, early_stopping=early_stopping)
+    xla = _beams(tiny_lm, ids, mask, eos, **kw)
+    plain = _beams(tiny_lm, ids, mask, eos, jit_compile=False, **kw)
+    assert_same_beams(xla.sequences[:, WIDTH:], xla.sequences_scores, plain.sequences[:, WIDTH:],
+                      plain.sequences_scores, "XLA vs no XLA")
+    assert_well_formed(xla.sequences[:, WIDTH:], set(eos), 0, NEW)
+
+
+@SETTINGS
+@given(target=prompt, others=st.lists(prompt, max_size=ROWS - 1), where=st.integers(0, ROWS - 1),
+       extra_pad=st.integers(0, WIDTH), lp=penalty, early_stopping=early)
+def test_padding_and_batch_composition_invariance(tiny_lm, frequent, target, others, where, extra_pad, lp,
+                                                  early_stopping):
+    """A prompt's beams are the same alone, left-padded, and among any neighbours."""
+    eos = [frequent[0]]
+    kw = dict(length_penalty=lp, early_stopping=early_stopping)
+    alone_ids, alone_mask = left_pad([target])
+    alone = _beams(tiny_lm, alone_ids, alone_mask, eos, **kw)
+    want_new, want_scores = alone.sequences[:, len(target):], alone.sequences_scores
+
+    width = min(len(target) + extra_pad, WIDTH)
+    padded_ids, padded_mask = left_pad([target], width)
+    padded = _beams(tiny_lm, padded_ids, padded_mask, eos, **kw)
+    assert_same_beams(padded.sequences[:, width:], padded.sequences_scores, want_new, want_scores,
+                      "left padding")
+
+    rows = list(others)
+    index = min(where, len(rows))
+    rows.insert(index, target)
+    ids, mask = _pad_batch(rows)
+    mixed = _beams(tiny_lm, ids, mask, eos, **kw)
+    part = slice(index * NRS, (index + 1) * NRS)
+    assert_same_beams(mixed.sequences[part, WIDTH:], mixed.sequences_scores[part], want_new, want_scores,
+                      "batch composition")
+
+
+@SETTINGS
+@given(rows=batch, eos=eos_choice, lp=penalty, early_stopping=early)
+def test_sequence_scores_are_length_penalised_logprob_sums(tiny_lm, frequent, rows, eos, lp, early_stopping):
+    """sequences_scores = sum of the model's log-probs of the new tokens (through EOS) / new_length**lp,
+    recomputed without cache; ``scores`` holds those per-token log-probs, 0 after the end."""
+    eos = set(frequent[i] for i in eos)
+    ids, mask = _pad_batch(rows)
+    out = _beams(tiny_lm, ids, mask, sorted(eos), length_penalty=lp, early_stopping=early_stopping)
+    full_mask = np.concatenate([np.repeat(mask, NRS, axis=0), np.ones([ROWS * NRS, NEW], np.int32)], 1)
+    logp = _log_softmax(tiny_lm.logits(out.sequences, full_mask, jit_compile=False))
+    new = out.sequences[:, WIDTH:]
+    for r in range(ROWS * NRS):
+        length = _end(new[r], eos)
+        token_logp = np.array([logp[r, WIDTH - 1 + t, new[r, t]] for t in range(length)])
+        total = token_logp.sum()
+        np.testing.assert_allclose(out.sequences_scores[r], total / length ** lp, atol=SCORE_ATOL, rtol=1e-5,
+                                   err_msg=f"row {r} {new[r].tolist()}")
+        np.testing.assert_allclose(out.scores[r, :length], token_logp, atol=SCORE_ATOL, rtol=0)
+        assert (out.scores[r, length:] == 0).all()
+        np.testing.assert_allclose(out.scores[r].sum(), out.sequences_scores[r] * length ** lp,
+                                   atol=SCORE_ATOL, rtol=1e-5)
+
+
+@SETTINGS
+@given(rows=batch, eos=eos_choice, pad=st.sampled_from([0, 36]), lp=penalty, early_stopping=early)
+def test_finished_hypotheses_are_never_extended(tiny_lm, frequent, rows, eos, pad, lp, early_stopping):
+    eos = [frequent[i] for i in eos]
+    ids, mask = _pad_batch(rows)
+    out = _beams(tiny_lm, ids, mask, eos, pad=pad, length_penalty=lp, early_stopping=early_stopping)
+    assert_well_formed(out.sequences[:, WIDTH:], set(eos), pad, NEW)
+    assert np.isfinite(out.sequences_scores).all() and np.isfinite(out.scores).all()
+    # Best first within each prompt.
+    by_prompt = out.sequences_scores.reshape(ROWS, NRS)
+    assert (np.diff(by_prompt, axis=1) <= 0).all(), by_prompt
+
+
+def test_eos_really_fires_in_beam_laws(tiny_lm, frequent):
+    """Guards the laws above against vacuity: some returned hypotheses end at EOS before the last step."""
+    rng = np.random.default_rng(1)
+    ids, mask = _pad_batch([[int(t) for t in rng.integers(0, VOCAB, 5)] for _ in range(ROWS)])
+    new = _beams(tiny_lm, ids, mask, [frequent[0]]).sequences[:, WIDTH:]
+    assert any(_end(row, {frequent[0]}) < NEW for row in new), new.tolist()
+
+
+@SETTINGS
+@given(rows=batch, eos=eos_choice, lp=penalty, early_stopping=early)
+def test_one_new_token_returns_the_top_next_tokens(tiny_lm, frequent, rows, eos, lp, early_stopping):
+    """max_new_tokens=1: the hypotheses are the top-nrs next tokens by log-prob, best first."""
+    eos = [frequent[i] for i in eos]
+    ids, mask = _pad_batch(rows)
+    out = _beams(tiny_lm, ids, mask, eos, nrs=NB, max_new=1, length_penalty=lp, early_stopping=early_stopping)
+    logp = _log_softmax(tiny_lm.logits(ids, mask, jit_compile=False)[:, -1])
+    want = np.argsort(-logp, axis=-1, kind="stable")[:, :NB]
+    got = out.sequences[:, WIDTH].reshape(ROWS, NB)
+    for i in range(ROWS):
+        want_scores = logp[i, want[i]]
+        assert_same_beams(got[i][:, None], out.sequences_scores[i * NB:(i + 1) * NB], want[i][:, None],
+                          want_scores, f"prompt {i}")
+        np.testing.assert_allclose(out.sequences_scores[i * NB:(i + 1) * NB], want_scores, atol=SCORE_ATOL)
+
+
+# --------------------------------------------------------------- brute force
+
+BF_VOCAB, BF_EOS, BF_PAD = 4, 3, 0
+BF_WIDTH, BF_NEW, BF_BEAMS, BF_NRS = 4, 3, 64, 3
+
+
+@pytest.fixture(scope="module")
+def micro_lm(tmp_path_factory):
+    """A checkpoint whose whole continuation tree is small enough to enumerate."""
+    folder = tmp_path_factory.mktemp("beam_micro")
+    make_checkpoint(folder, n_layer=1, n_head=1, n_embd=8, vocab_size=BF_VOCAB, n_positions=16, seed=5,
+                    eos_token_id=BF_EOS, std=1.0)
+    return xladecode.load(folder)
+
+
+def _continuations(prefix=()):
+    """Every ended continuation: at the first EOS, or after BF_NEW tokens."""
+    if len(prefix) == BF_NEW or (prefix and prefix[-1] == BF_EOS):
+        yield prefix
+        return
+    for token in range(BF_VOCAB):
+        yield from _continuations(prefix + (token,))
+
+
+def _brute_force(lm, target, lp):
+    """Every hypothesis with its exact score ``sum logprob / new_length**lp``, best first."""
+    # One no-cache forward over prompt + every (BF_NEW - 1)-token prefix gives every
+    # next-token distribution needed: position last + t predicts new token t.
+    prefixes = list(itertools.product(range(BF_VOCAB), repeat=BF_NEW - 1))
+    ids, mask = left_pad([target + list(p) for p in prefixes], BF_WIDTH + BF_NEW - 1, pad_id=BF_PAD)
+    logp = dict(zip(prefixes, _log_softmax(lm.logits(ids, mask, jit_compile=False))))
+    last = BF_WIDTH - 1
+    hyps = []
+    for seq in _continuations():
+        row = logp[(seq[:-1] + (0,) * BF_NEW)[:BF_NEW - 1]]  # any prefix row that starts with seq[:-1]
+        total = sum(row[last + t, token] for t, token in enumerate(seq))
+        hyps.append((total / len(seq) ** lp, seq))
+    return sorted(hyps, key=lambda h: -h[0])
+
+
+def test_brute_force_enumerates_every_hypothesis(micro_lm):
+    """Sanity of the enumeration itself: 1 + 3 + 9 EOS-ended and 9 * 4 full-length hypotheses."""
+    hyps = _brute_force(micro_lm, [1, 2], 1.0)
+    assert len(hyps) == 1 + 3 + 9 * 4 == len({seq for _, seq in hyps})
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(rows=st.lists(st.lists(st.integers(0, BF_VOCAB - 1), min_size=1, max_size=BF_WIDTH),
+                     min_size=2, max_size=2),
+       lp=penalty)
+def test_exhaustive_beams_equal_brute_force(micro_lm, rows, lp):
+    """With num_beams >= every prefix and early_stopping="never", beam search is exact search."""
+    ids, mask = left_pad(rows, BF_WIDTH, pad_id=BF_PAD)
+    out = micro_lm.generate(ids, mask, max_new_tokens=BF_NEW, num_beams=BF_BEAMS, num_return_sequences=BF_NRS,
+                            length_penalty=lp, early_stopping="never", eos_token_id=BF_EOS,
+                            pad_token_id=BF_PAD, output_scores=True)
+    for i, target in enumerate(rows):
+        hyps = _brute_force(micro_lm, target, lp)
+        want_new = np.full([BF_NRS, BF_NEW], BF_PAD, np.int32)
+        for r, (_, seq) in enumerate(hyps[:BF_NRS]):
+            want_new[r, :len(seq)] = seq
+        want_scores = np.array([s for s, _ in hyps[:BF_NRS]])
+        part = slice(i * BF_NRS, (i + 1) * BF_NRS)
+        got_new = out.sequences[part, BF_WIDTH:]
+        assert_same_beams(got_new, out.sequences_scores[part], want_new, want_scores,
+                          f"brute force, prompt {target}, length_penalty {lp}")
+        np.testing.assert_allclose(out.sequences_scores[part], want_scores, atol=SCORE_ATOL, rtol=1e-5)
+        # A hypothesis swapped in by a tie must still be a real hypothesis with that score.
+        exact = {seq: s for s, seq in hyps}
+        for row, score in zip(got_new, out.sequences_scores[part]):
+            seq = tuple(int(t) for t in row[:_end(row, {BF_EOS})])
+            assert seq in exact and abs(exact[seq] - score) <= SCORE_ATOL, (seq, score)
+
+
+# =====================================================================
+# 3. Beam sampling
+# =====================================================================
+
+
+def test_beam_sampling_is_reproducible_and_well_formed(tiny_lm, frequent):
+    rng = np.random.default_rng(2)
+    rows = [[int(t) for t in rng.integers(0, VOCAB, n)] for n in (8, 3, 5)]
+    ids, mask = _pad_batch(rows)
+    eos = [frequent[0]]
+
+    def sample(seed):
+        return _beams(tiny_lm, ids, mask, eos, do_sample=True, seed=seed)
+
+    first, again = sample((1, 2)), sample((1, 2))
+    np.testing.assert_array_equal(first.sequences, again.sequences)
+    np.testing.assert_array_equal(first.sequences_scores, again.sequences_scores)
+    np.testing.assert_array_equal(first.scores, again.scores)
+
+    outs = [first] + [sample(seed) for seed in [(3, 4), (5, 6), (7, 8)]]
+    assert len({o.sequences.tobytes() for o in outs}) > 1, "different seeds gave the same beams"
+    for o in outs:
+        new = o.sequences[:, WIDTH:]
+        np.testing.assert_array_equal(o.sequences[:, :WIDTH], np.repeat(ids, NRS, axis=0))
+        assert_well_formed(new, set(eos), 0, NEW)
+        assert np.isfinite(o.sequences_scores).all() and np.isfinite(o.scores).all()
+        assert (o.sequences_scores <= 0).all()
+        # The score is the (length-penalised, default 1.0) sum of the returned per-token scores.
+        lengths = np.array([_end(row, set(eos)) for row in new])
+        np.testing.assert_allclose(o.scores.sum(1) / lengths, o.sequences_scores, atol=1e-5, rtol=1e-5)
+
+
+# =====================================================================
+# 4. Compile keys
+# =====================================================================
+
+
+def test_option_values_do_not_recompile(tiny_dir):
+    """length_penalty, early_stopping and EOS id VALUES are tensors; the NUMBER of EOS ids is a key."""
+    lm = xladecode.load(tiny_dir)  # a fresh compile cache
+    ids, mask = left_pad([[1, 2, 3], [4]], 3)
+
+    def run(**kw):
+        return lm.generate(ids, mask, max_new_tokens=3, num_beams=2, num_return_sequences=2,
+                           pad_token_id=0, **kw)
+
+    run(eos_token_id=5)
+    assert lm.compile_count == 1
+    for lp, early_stopping, eos in [(0.0, True, 7), (-1.0, "never", 5), (2.0, False, 11), (1.0, True, 0)]:
+        run(length_penalty=lp, early_stopping=early_stopping, eos_token_id=eos)
+    assert lm.compile_count == 1
+    run(eos_token_id=[5, 7])
+    assert lm.compile_count == 2
+    run(eos_token_id=[11, 0], length_penalty=-1.0, early_stopping="never")
+    assert lm.compile_count == 2
