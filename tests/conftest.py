@@ -30,3 +30,15 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_dir):
     return xladecode.load(tiny_dir)
+
+
+@pytest.fixture(scope="session", params=["gpt2", "rope"])
+def law_lm(request, tiny_lm):
+    """Every model behind the decoder protocol that the law tests hold to account:
+    the GPT-2 checkpoint above, and the deliberately different rotary,
+    multi-query model of ``xladecode/rope_decoder.py``."""
+    if request.param == "gpt2":
+        return tiny_lm
+    from xladecode.lm import LanguageModel
+    from xladecode.rope_decoder import RopeDecoder
+    return LanguageModel(RopeDecoder(vocab_size=37, max_positions=64, seed=1))

@@ -27,11 +27,11 @@ eos_choice = st.sampled_from([(), (0,), (1, 2), (0, 1, 2)])
 
 
 @pytest.fixture(scope="module")
-def frequent(tiny_lm):
+def frequent(law_lm):
     """The three tokens this model generates most often from random prompts."""
     rng = np.random.default_rng(0)
     ids = rng.integers(0, VOCAB, (3, WIDTH)).astype(np.int32)
-    new = tiny_lm.generate(ids, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0).sequences[:, WIDTH:]
+    new = law_lm.generate(ids, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0).sequences[:, WIDTH:]
     counts = np.bincount(new.ravel(), minlength=VOCAB)
     return [int(t) for t in np.argsort(-counts, kind="stable")[:3]]
 
@@ -44,66 +44,66 @@ def _pad_batch(rows):
 
 @SETTINGS
 @given(rows=batch, eos=eos_choice)
-def test_xla_equals_no_xla(tiny_lm, frequent, rows, eos):
+def test_xla_equals_no_xla(law_lm, frequent, rows, eos):
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
-    xla = tiny_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
-    plain = tiny_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0,
+    xla = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
+    plain = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0,
                              jit_compile=False)
     for i, row in enumerate(rows):
-        assert_same_tokens(tiny_lm, row, xla.sequences[i, WIDTH:], plain.sequences[i, WIDTH:], "XLA vs no XLA")
+        assert_same_tokens(law_lm, row, xla.sequences[i, WIDTH:], plain.sequences[i, WIDTH:], "XLA vs no XLA")
 
 
 @SETTINGS
 @given(rows=batch, eos=eos_choice)
-def test_cached_decoding_equals_recompute(tiny_lm, frequent, rows, eos):
+def test_cached_decoding_equals_recompute(law_lm, frequent, rows, eos):
     """The KV-cached loop gives the tokens of re-running the whole text each step."""
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
-    out = tiny_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
+    out = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
     for i, row in enumerate(rows):
-        want = greedy_by_recompute(tiny_lm, row, NEW, set(eos), pad=0)
-        assert_same_tokens(tiny_lm, row, out.sequences[i, WIDTH:], want, "cache vs recompute")
+        want = greedy_by_recompute(law_lm, row, NEW, set(eos), pad=0)
+        assert_same_tokens(law_lm, row, out.sequences[i, WIDTH:], want, "cache vs recompute")
 
 
 @SETTINGS
 @given(target=prompt, others=st.lists(prompt, max_size=2), where=st.integers(0, 2),
        extra_pad=st.integers(0, 4))
-def test_padding_and_batch_composition_invariance(tiny_lm, frequent, target, others, where, extra_pad):
+def test_padding_and_batch_composition_invariance(law_lm, frequent, target, others, where, extra_pad):
     """A prompt's continuation is the same alone, left-padded, and among any neighbours."""
     EOS = frequent[0]
     alone_ids, alone_mask = left_pad([target])
-    alone = tiny_lm.generate(alone_ids, alone_mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=0)
+    alone = law_lm.generate(alone_ids, alone_mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=0)
     want = alone.sequences[0, len(target):]
 
     width = min(len(target) + extra_pad, WIDTH)
     padded_ids, padded_mask = left_pad([target], width)
-    padded = tiny_lm.generate(padded_ids, padded_mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=0)
-    assert_same_tokens(tiny_lm, target, padded.sequences[0, width:], want, "left padding")
+    padded = law_lm.generate(padded_ids, padded_mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=0)
+    assert_same_tokens(law_lm, target, padded.sequences[0, width:], want, "left padding")
 
     rows = list(others)
     rows.insert(min(where, len(rows)), target)
     index = rows.index(target) if target not in others else min(where, len(others))
     ids, mask = _pad_batch(rows)
-    mixed = tiny_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=0)
-    assert_same_tokens(tiny_lm, target, mixed.sequences[index, WIDTH:], want, "batch composition")
+    mixed = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=0)
+    assert_same_tokens(law_lm, target, mixed.sequences[index, WIDTH:], want, "batch composition")
 
 
 @SETTINGS
 @given(rows=batch, eos=eos_choice.filter(bool), pad=st.sampled_from([0, 36]))
-def test_only_pad_after_eos(tiny_lm, frequent, rows, eos, pad):
+def test_only_pad_after_eos(law_lm, frequent, rows, eos, pad):
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
-    out = tiny_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad)
+    out = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad)
     assert_pad_after_eos(new_tokens(out.sequences, WIDTH), set(eos), pad)
 
 
-def test_eos_really_fires_in_law_tests(tiny_lm, frequent):
+def test_eos_really_fires_in_law_tests(law_lm, frequent):
     """Guards the laws above against vacuity: EOS does fire mid-way for this model."""
     rng = np.random.default_rng(1)
     rows = [list(rng.integers(0, VOCAB, 5)) for _ in range(3)]
     ids, mask = _pad_batch(rows)
-    new = tiny_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=frequent,
+    new = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=frequent,
                            pad_token_id=0).sequences[:, WIDTH:]
     fired_early = [r for r in new if set(r[:-1].tolist()) & set(frequent)]
     assert fired_early, f"no EOS fired before the last step: {new.tolist()}"

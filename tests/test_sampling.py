@@ -73,15 +73,15 @@ def test_row_stream_depends_only_on_seed_and_sample_index():
 
 @SETTINGS
 @given(rows=st.lists(prompt, min_size=1, max_size=3), s=seed)
-def test_same_seed_same_tokens_with_and_without_xla(tiny_lm, rows, s):
+def test_same_seed_same_tokens_with_and_without_xla(law_lm, rows, s):
     ids, mask = left_pad(rows + [rows[0]] * (3 - len(rows)), WIDTH)
     kw = dict(max_new_tokens=NEW, do_sample=True, top_k=0, seed=s, eos_token_id=5, pad_token_id=0)
-    first = tiny_lm.generate(ids, mask, **kw).sequences
-    again = tiny_lm.generate(ids, mask, **kw).sequences
-    plain = tiny_lm.generate(ids, mask, jit_compile=False, **kw).sequences
+    first = law_lm.generate(ids, mask, **kw).sequences
+    again = law_lm.generate(ids, mask, **kw).sequences
+    plain = law_lm.generate(ids, mask, jit_compile=False, **kw).sequences
     np.testing.assert_array_equal(first, again)
     for i, row in enumerate(rows):
-        _assert_same_sample(tiny_lm, row, plain[i, WIDTH:], first[i, WIDTH:], s)
+        _assert_same_sample(law_lm, row, plain[i, WIDTH:], first[i, WIDTH:], s)
 
 
 def _assert_same_sample(lm, row, got, want, s, temperature=1.0):
@@ -99,49 +99,49 @@ def _assert_same_sample(lm, row, got, want, s, temperature=1.0):
 
 @SETTINGS
 @given(target=prompt, others=st.lists(prompt, max_size=2), extra_pad=st.integers(0, 4), s=seed)
-def test_sampled_row_ignores_batch_position_padding_and_neighbours(tiny_lm, target, others, extra_pad, s):
+def test_sampled_row_ignores_batch_position_padding_and_neighbours(law_lm, target, others, extra_pad, s):
     kw = dict(max_new_tokens=NEW, do_sample=True, top_k=0, eos_token_id=5, pad_token_id=0)
     ids, mask = left_pad([target])
-    want = tiny_lm.generate(ids, mask, seed=s, **kw).sequences[0, len(target):]
+    want = law_lm.generate(ids, mask, seed=s, **kw).sequences[0, len(target):]
     width = min(len(target) + extra_pad, WIDTH)
     ids, mask = left_pad([target], width)
-    padded = tiny_lm.generate(ids, mask, seed=s, **kw).sequences[0, width:]
-    _assert_same_sample(tiny_lm, target, padded, want, s)
+    padded = law_lm.generate(ids, mask, seed=s, **kw).sequences[0, width:]
+    _assert_same_sample(law_lm, target, padded, want, s)
     rows = others + [target]  # target last: a different index than alone
     rows = rows + [rows[0]] * (3 - len(rows))
     index = len(others)
     ids, mask = left_pad(rows, WIDTH)
     per_row_seeds = np.asarray([s if i == index else (i + 99, 7) for i in range(3)])
-    mixed = tiny_lm.generate(ids, mask, seed=per_row_seeds, **kw).sequences[index, WIDTH:]
-    _assert_same_sample(tiny_lm, target, mixed, want, s)
+    mixed = law_lm.generate(ids, mask, seed=per_row_seeds, **kw).sequences[index, WIDTH:]
+    _assert_same_sample(law_lm, target, mixed, want, s)
 
 
 @SETTINGS
 @given(rows=st.lists(prompt, min_size=3, max_size=3), s=seed)
-def test_top_k_1_and_temperature_0_are_greedy(tiny_lm, rows, s):
+def test_top_k_1_and_temperature_0_are_greedy(law_lm, rows, s):
     ids, mask = left_pad(rows, WIDTH)
-    greedy = tiny_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=5, pad_token_id=0).sequences
+    greedy = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=5, pad_token_id=0).sequences
     kw = dict(max_new_tokens=NEW, do_sample=True, seed=s, eos_token_id=5, pad_token_id=0)
-    np.testing.assert_array_equal(tiny_lm.generate(ids, mask, top_k=1, **kw).sequences, greedy)
-    np.testing.assert_array_equal(tiny_lm.generate(ids, mask, temperature=0.0, **kw).sequences, greedy)
+    np.testing.assert_array_equal(law_lm.generate(ids, mask, top_k=1, **kw).sequences, greedy)
+    np.testing.assert_array_equal(law_lm.generate(ids, mask, temperature=0.0, **kw).sequences, greedy)
     # temperature -> 0: logits/T plus Gumbel noise (|g| < 17.4 for our 24-bit
     # uniforms) can only differ from argmax where the raw top-2 gap < 17.4 * T.
     t = 1e-5
-    cold = tiny_lm.generate(ids, mask, temperature=t, top_k=0, **kw).sequences
+    cold = law_lm.generate(ids, mask, temperature=t, top_k=0, **kw).sequences
     for i, row in enumerate(rows):
         got, want = cold[i, WIDTH:], greedy[i, WIDTH:]
         if not np.array_equal(got, want):
             step = int(np.flatnonzero(got != want)[0])
-            top = np.sort(recompute_logits(tiny_lm, row, [int(x) for x in want[:step]]))
+            top = np.sort(recompute_logits(law_lm, row, [int(x) for x in want[:step]]))
             assert top[-1] - top[-2] < 17.4 * t
 
 
 @SETTINGS
 @given(rows=st.lists(prompt, min_size=3, max_size=3), s=seed, n=st.integers(1, 3),
        sample=st.booleans())
-def test_no_repeat_ngram_output_never_repeats(tiny_lm, rows, s, n, sample):
+def test_no_repeat_ngram_output_never_repeats(law_lm, rows, s, n, sample):
     ids, mask = left_pad(rows, WIDTH)
-    out = tiny_lm.generate(ids, mask, max_new_tokens=NEW, no_repeat_ngram_size=n, do_sample=sample,
+    out = law_lm.generate(ids, mask, max_new_tokens=NEW, no_repeat_ngram_size=n, do_sample=sample,
                            seed=s, eos_token_id=[], pad_token_id=0).sequences
     for i, row in enumerate(rows):
         text = list(row) + out[i, WIDTH:].tolist()
@@ -154,23 +154,23 @@ def test_no_repeat_ngram_output_never_repeats(tiny_lm, rows, s, n, sample):
 
 @SETTINGS
 @given(rows=st.lists(prompt, min_size=3, max_size=3), s=seed, m=st.integers(1, NEW))
-def test_min_new_tokens_delays_eos(tiny_lm, rows, s, m):
+def test_min_new_tokens_delays_eos(law_lm, rows, s, m):
     ids, mask = left_pad(rows, WIDTH)
-    frequent = _frequent(tiny_lm)
-    out = tiny_lm.generate(ids, mask, max_new_tokens=NEW, min_new_tokens=m, do_sample=True, seed=s,
+    frequent = _frequent(law_lm)
+    out = law_lm.generate(ids, mask, max_new_tokens=NEW, min_new_tokens=m, do_sample=True, seed=s,
                            eos_token_id=frequent, pad_token_id=0).sequences[:, WIDTH:]
     assert not np.isin(out[:, :m], frequent).any()
 
 
 @SETTINGS
 @given(rows=st.lists(prompt, min_size=3, max_size=3), s=seed, sample=st.booleans())
-def test_bad_words_never_appear(tiny_lm, rows, s, sample):
+def test_bad_words_never_appear(law_lm, rows, s, sample):
     ids, mask = left_pad(rows, WIDTH)
-    free = tiny_lm.generate(ids, mask, max_new_tokens=NEW, do_sample=sample, seed=s, eos_token_id=[],
+    free = law_lm.generate(ids, mask, max_new_tokens=NEW, do_sample=sample, seed=s, eos_token_id=[],
                             pad_token_id=0).sequences[:, WIDTH:]
     single = int(free[0, 0])
     pair = [int(free[1, 1]), int(free[1, 2])]  # a bigram the model did produce
-    out = tiny_lm.generate(ids, mask, max_new_tokens=NEW, do_sample=sample, seed=s, eos_token_id=[],
+    out = law_lm.generate(ids, mask, max_new_tokens=NEW, do_sample=sample, seed=s, eos_token_id=[],
                            pad_token_id=0, bad_words_ids=[[single], pair]).sequences
     for i, row in enumerate(rows):
         text = list(row) + out[i, WIDTH:].tolist()
@@ -185,57 +185,57 @@ def _frequent(lm):
     return [int(t) for t in np.argsort(-np.bincount(new.ravel(), minlength=VOCAB), kind="stable")[:2]]
 
 
-def test_option_values_do_not_recompile(tiny_lm):
+def test_option_values_do_not_recompile(law_lm):
     ids, mask = left_pad([[1, 2, 3], [4, 5]], 5)
     base = dict(max_new_tokens=4, do_sample=True, pad_token_id=0)
-    tiny_lm.generate(ids, mask, seed=(0, 0), **base)
-    before = tiny_lm.compile_count
+    law_lm.generate(ids, mask, seed=(0, 0), **base)
+    before = law_lm.compile_count
     for i, opts in enumerate([
         dict(temperature=0.5), dict(top_k=3), dict(top_p=0.5), dict(seed=(9, 9)),
         dict(repetition_penalty=1.7), dict(min_new_tokens=2), dict(eos_token_id=[1, 2, 3]),
         dict(eos_token_id=7), dict(no_repeat_ngram_size=2), dict(suppress_tokens=[4, 6]),
         dict(forced_eos_token_id=3), dict(temperature=0.0, top_k=0, top_p=0.3),
     ]):
-        tiny_lm.generate(ids, mask, **(base | {"seed": (i, 1)} | opts))
-    assert tiny_lm.compile_count == before, "an option value triggered a recompile"
-    tiny_lm.generate(ids, mask, **(base | {"max_new_tokens": 5}))  # a new shape does compile
-    assert tiny_lm.compile_count == before + 1
+        law_lm.generate(ids, mask, **(base | {"seed": (i, 1)} | opts))
+    assert law_lm.compile_count == before, "an option value triggered a recompile"
+    law_lm.generate(ids, mask, **(base | {"max_new_tokens": 5}))  # a new shape does compile
+    assert law_lm.compile_count == before + 1
 
 
-def test_num_return_sequences_gives_distinct_reproducible_samples(tiny_lm):
+def test_num_return_sequences_gives_distinct_reproducible_samples(law_lm):
     ids, mask = left_pad([[1, 2, 3], [4, 5]], 5)
     kw = dict(max_new_tokens=6, do_sample=True, num_return_sequences=3, seed=(5, 6), eos_token_id=[],
               pad_token_id=0)
-    out = tiny_lm.generate(ids, mask, **kw).sequences
+    out = law_lm.generate(ids, mask, **kw).sequences
     assert out.shape == (6, 11)
     np.testing.assert_array_equal(out[0, :5], out[2, :5])  # grouped by prompt
     assert len({tuple(r) for r in out[:3, 5:].tolist()}) > 1
     # Return sequence j of a prompt is the same whatever nrs is (its own stream).
-    fewer = tiny_lm.generate(ids, mask, **(kw | {"num_return_sequences": 2})).sequences
+    fewer = law_lm.generate(ids, mask, **(kw | {"num_return_sequences": 2})).sequences
     np.testing.assert_array_equal(fewer[:2], out[:2])
 
 
-def test_scores_are_processed_logprobs_of_chosen_tokens(tiny_lm):
+def test_scores_are_processed_logprobs_of_chosen_tokens(law_lm):
     ids, mask = left_pad([[1, 2, 3], [9, 8, 7, 6]], 4)
     for kw in (dict(), dict(do_sample=True, temperature=0.7, top_k=0, seed=(3, 4))):
-        out = tiny_lm.generate(ids, mask, max_new_tokens=5, eos_token_id=[], pad_token_id=0,
+        out = law_lm.generate(ids, mask, max_new_tokens=5, eos_token_id=[], pad_token_id=0,
                                output_scores=True, **kw)
         t = kw.get("temperature", 1.0)
         for i in range(2):
             prompt = ids[i][mask[i] == 1].tolist()
             new = out.sequences[i, 4:].tolist()
             for j, tok in enumerate(new):
-                logits = recompute_logits(tiny_lm, prompt, new[:j]) / t
+                logits = recompute_logits(law_lm, prompt, new[:j]) / t
                 want = logits[tok] - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
                 assert abs(out.scores[i, j] - want) < 1e-4
 
 
-def test_sampling_is_not_greedy(tiny_lm):
+def test_sampling_is_not_greedy(law_lm):
     """Guard against a sampler that silently returns argmax."""
     ids, mask = left_pad([[1, 2, 3]] * 3, 3)
-    greedy = tiny_lm.generate(ids, mask, max_new_tokens=6, eos_token_id=[], pad_token_id=0).sequences
+    greedy = law_lm.generate(ids, mask, max_new_tokens=6, eos_token_id=[], pad_token_id=0).sequences
     seeds = np.asarray([[i, 0] for i in range(3)])
-    sampled = tiny_lm.generate(ids, mask, max_new_tokens=6, do_sample=True, top_k=0, temperature=1.5,
+    sampled = law_lm.generate(ids, mask, max_new_tokens=6, do_sample=True, top_k=0, temperature=1.5,
                                seed=seeds, eos_token_id=[], pad_token_id=0).sequences
     assert not (sampled == greedy).all()
     assert len({tuple(r) for r in sampled.tolist()}) > 1

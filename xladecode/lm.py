@@ -265,6 +265,17 @@ class LanguageModel:
 
         return tf.function(generate_graph, jit_compile=jit_compile, reduce_retracing=False)
 
+    def export(self, path, **options):
+        """Writes this model and its decoding loop as a SavedModel; see :func:`xladecode.export.export`.
+
+        Example::
+
+            lm.export("serving/gpt2/1", strategy="sample", max_new_tokens_buffer=64)
+        """
+        from . import export  # imported late: most users never export
+
+        return export.export(self, path, **options)
+
     def generate_text(self, prompts: str | Sequence[str], max_new_tokens=None, **kwargs) -> list[str]:
         """Tokenizes, generates and decodes; returns only the new text of each row.
 
