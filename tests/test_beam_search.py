@@ -83,13 +83,15 @@ P_WIDTH = max(P_LENGTHS)
 
 # (num_beams, num_return_sequences, length_penalty, early_stopping): every
 # value of each appears; only 5 distinct (num_beams, nrs) shapes are compiled.
+# For these prompts every early_stopping value changes some returned beams
+# (checked by test_parity_combos_cover_early_eos_and_max_length).
 COMBOS = [
     (2, 1, 1.0, False),
     (2, 2, 0.0, True),
     (3, 2, -1.0, "never"),
     (3, 2, 2.0, False),
     (3, 2, 1.0, True),
-    (4, 2, 1.0, "never"),
+    (2, 2, 2.0, "never"),  # here "never" (max-length bound) and False really differ
     (4, 2, 0.0, False),
     (4, 4, 2.0, True),
 ]
@@ -174,6 +176,12 @@ def test_parity_combos_cover_early_eos_and_max_length(parity):
         reached_max += sum(e == P_NEW and row[-1] != eos for e, row in zip(ends, new))
     assert early_end > 0, "EOS never fired before max_new_tokens"
     assert reached_max > 0, "no hypothesis ran to max_new_tokens"
+    # ... and in each combo the early_stopping value matters: another value returns other beams.
+    for nb, nrs, lp, mode in COMBOS:
+        got = _ours(lm, ids, mask, eos, (nb, nrs, lp, mode)).sequences
+        others = [m for m in EARLY if repr(m) != repr(mode)]
+        assert any(not np.array_equal(got, _ours(lm, ids, mask, eos, (nb, nrs, lp, m)).sequences)
+                   for m in others), f"early_stopping={mode!r} changes nothing in {_combo_id((nb, nrs, lp, mode))}"
 
 
 # =====================================================================
@@ -286,6 +294,24 @@ def test_xla_equals_no_xla(tiny_lm, frequent, rows, eos, lp, early_stopping):
     assert_same_beams(xla.sequences[:, WIDTH:], xla.sequences_scores, plain.sequences[:, WIDTH:],
                       plain.sequences_scores, "XLA vs no XLA")
     assert_well_formed(xla.sequences[:, WIDTH:], set(eos), 0, NEW)
+
+
+@SETTINGS
+@given(rows=batch, eos=eos_choice, lp=penalty)
+def test_never_stopping_early_is_never_worse(tiny_lm, frequent, rows, eos, lp):
+    """The live beams do not depend on early_stopping; it only decides when to stop accepting
+    finished hypotheses. "never" stops only when no live beam can still enter the finished set
+    (an exact bound), so rank by rank its scores are >= those of True and False; with
+    length_penalty <= 0 its bound is False's, so the results are identical."""
+    eos = [frequent[i] for i in eos]
+    ids, mask = _pad_batch(rows)
+    out = {repr(m): _beams(tiny_lm, ids, mask, eos, length_penalty=lp, early_stopping=m) for m in EARLY}
+    never = out[repr("never")].sequences_scores.reshape(ROWS, NRS)
+    for mode in (True, False):
+        other = out[repr(mode)].sequences_scores.reshape(ROWS, NRS)
+        assert (never >= other - BEAM_TIE).all(), (mode, never, other)
+    if lp <= 0:
+        np.testing.assert_array_equal(out[repr("never")].sequences, out[repr(False)].sequences)
 
 
 @SETTINGS

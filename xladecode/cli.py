@@ -1,8 +1,12 @@
-"""Command line: ``xladecode generate PROMPT [options]``.
+"""Command line: ``xladecode generate PROMPT [options]``, ``xladecode export PATH``.
 
 Generated text goes to stdout and nothing else does: loading, compile and
 timing diagnostics go to stderr, so ``xladecode generate ... > out.txt``
 captures only text.
+
+``xladecode generate --input prompts.jsonl --output results.jsonl`` runs a
+batch job over a file instead (``batch.py``); ``xladecode export PATH``
+writes a SavedModel (``export.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="continue one or more prompts",
                        description="Continue PROMPT(s) with a GPT-2 checkpoint; prints prompt + "
                                    "continuation on stdout, diagnostics on stderr.")
-    g.add_argument("prompt", nargs="+", help="prompt text; several prompts are decoded as one batch")
+    g.add_argument("prompt", nargs="*", help="prompt text; several prompts are decoded as one batch "
+                                             "(give PROMPTs or --input, not both)")
     g.add_argument("--model", default=None,
                    help="checkpoint folder or a model name in the local Hugging Face cache "
                         "(default: the shipped models/gpt2-shakespeare)")
@@ -69,12 +74,58 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype")
     g.add_argument("--no-jit", action="store_true", help="run the same graph without XLA")
     g.add_argument("--continuation-only", action="store_true", help="print only the new text")
+    _add_batch_arguments(g)
+    _add_export_parser(sub)
     return parser
+
+
+def _add_batch_arguments(g) -> None:
+    """``generate --input FILE --output FILE``: a batch job over a JSONL file (batch.py)."""
+    b = g.add_argument_group("batch job over a file (instead of PROMPTs)")
+    b.add_argument("--input", default=None, metavar="JSONL",
+                   help='prompts, one JSON object a line: {"id": ..., "prompt": "...", "seed": [a, b]} '
+                        "(id and seed optional)")
+    b.add_argument("--output", default=None, metavar="JSONL",
+                   help='results, one {"id", "prompt", "completion"} a line, in batch order (join on id)')
+    b.add_argument("--resume", action="store_true",
+                   help="continue an interrupted job: skip ids already in --output")
+    b.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
+    b.add_argument("--errors", default=None, metavar="JSONL",
+                   help="where malformed lines are reported (default: OUTPUT.errors.jsonl)")
+    b.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def _add_export_parser(sub) -> None:
+    e = sub.add_parser("export", help="write a TensorFlow SavedModel with the decoding loop inside",
+                       description="Write the model and its whole XLA decoding loop as a SavedModel "
+                                   "(serving_default signature; tokenizer files in PATH/assets/).")
+    e.add_argument("path", help="directory to create; for TensorFlow Serving use .../NAME/1")
+    e.add_argument("--model", default=None,
+                   help="checkpoint folder or a model name in the local Hugging Face cache "
+                        "(default: the shipped models/gpt2-shakespeare)")
+    e.add_argument("--strategy", choices=["greedy", "sample", "beam"], default="greedy",
+                   help="decoding strategy baked into the graph (default greedy)")
+    e.add_argument("--num-beams", type=int, default=4, help="beam width for --strategy beam")
+    e.add_argument("--max-new-tokens-buffer", type=int, default=None,
+                   help="most new tokens a request may ask for (default: the model's max_new_tokens)")
+    e.add_argument("--batch-size", type=int, default=None,
+                   help="fix the signature's batch size (default: any batch size)")
+    e.add_argument("--chunk-size", type=int, default=8,
+                   help="rows per compiled call when the batch size is dynamic (default 8)")
+    e.add_argument("--prompt-length", type=_int_list, default=None, metavar="N[,N...]",
+                   help="prompt-length bucket(s); the largest is the longest prompt accepted "
+                        "(default: powers of two up to n_positions - buffer)")
+    e.add_argument("--overwrite", action="store_true", help="replace PATH if it exists")
+    e.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype")
+    e.add_argument("--no-jit", action="store_true", help="export the same graph without XLA")
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ chatter off the terminal
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        _check_prompt_or_input(parser, args)
     import xladecode  # imported late: --help stays instant
 
     def log(message):
@@ -87,6 +138,8 @@ def main(argv=None) -> int:
         print(f"xladecode: error: {error}", file=sys.stderr)
         return 2
     log(f"loaded {args.model or xladecode.default_model_path()} in {time.perf_counter() - start:.1f}s")
+    if args.command == "export":
+        return _export(args, lm, log)
     options = dict(
         max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=args.do_sample,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -99,6 +152,8 @@ def main(argv=None) -> int:
         # A phrase is banned with and without a leading space (BPE spells them differently).
         options["bad_words_ids"] = [lm.tokenizer.encode(v) for w in args.bad_words for v in (w, " " + w)]
     options = {k: v for k, v in options.items() if v is not None}
+    if args.input is not None:
+        return _generate_file(args, lm, options, log)
     start = time.perf_counter()
     try:
         texts = lm.generate_text(args.prompt, **options)
@@ -112,6 +167,58 @@ def main(argv=None) -> int:
         print(text if args.continuation_only else prompt + text)
         if len(texts) > 1:
             print()
+    return 0
+
+
+def _check_prompt_or_input(parser, args) -> None:
+    """Exactly one of PROMPT(s) or --input; the batch flags only with --input."""
+    if bool(args.prompt) == (args.input is not None):
+        parser.error("give exactly one of PROMPT (one or more) or --input FILE")
+    if args.input is not None and args.output is None:
+        parser.error("--input needs --output FILE")
+    if args.input is None:
+        used = [flag for flag, value in (("--output", args.output), ("--resume", args.resume),
+                                         ("--errors", args.errors)) if value]
+        if used:
+            parser.error(f"{used[0]} is only valid with --input")
+
+
+def _generate_file(args, lm, options: dict, log) -> int:
+    """``generate --input ... --output ...``: see xladecode/batch.py."""
+    from . import batch
+
+    seed = options.pop("seed", None)  # the global seed: per-line seeds derive from it
+    try:
+        report = batch.generate_file(lm, args.input, args.output, batch_size=args.batch_size,
+                                     resume=args.resume, errors_path=args.errors,
+                                     progress=not args.no_progress, seed=seed, **options)
+    except KeyboardInterrupt:
+        print(f"xladecode: interrupted; finished batches are saved in {args.output}: "
+              "rerun with --resume to finish the rest", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as error:  # FileExistsError / FileNotFoundError are OSErrors
+        print(f"xladecode: error: {error}", file=sys.stderr)
+        return 2
+    log(f"wrote {report.written} result(s) to {report.output_path} in {report.seconds:.1f}s "
+        f"({report.prompts_per_second:.2f} prompts/s, {report.tokens_per_second:.0f} tokens/s); "
+        f"skipped {report.skipped} already done; {report.errors} malformed line(s) -> "
+        f"{report.errors_path}; seed {report.seed[0]},{report.seed[1]}")
+    return 0
+
+
+def _export(args, lm, log) -> int:
+    """``xladecode export PATH``: see xladecode/export.py."""
+    start = time.perf_counter()
+    try:
+        path = lm.export(args.path, strategy=args.strategy, num_beams=args.num_beams,
+                         max_new_tokens_buffer=args.max_new_tokens_buffer, batch_size=args.batch_size,
+                         chunk_size=args.chunk_size, prompt_length=args.prompt_length,
+                         overwrite=args.overwrite, jit_compile=not args.no_jit)
+    except (ValueError, OSError) as error:
+        print(f"xladecode: error: {error}", file=sys.stderr)
+        return 2
+    log(f"exported to {path} in {time.perf_counter() - start:.1f}s "
+        f"(saved_model_cli show --all --dir {path})")
     return 0
 
 

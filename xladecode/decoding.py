@@ -184,6 +184,76 @@ def prefill(model: DecoderModel, input_ids, attention_mask, buffer_len: int):
     return logits, cache, key_mask
 
 
+class LoopConstants(NamedTuple):
+    """What every step of the sampling loop reads but never changes."""
+
+    model: DecoderModel
+    options: DecodeOptions
+    attention_mask: tf.Tensor  # int32 [B, P] prompt mask
+    key_mask: tf.Tensor  # int32 [B, P + N] cache slots holding (or to hold) real tokens
+    keys: tf.Tensor  # uint32 [B] RNG row keys
+    prompt_len: int
+    do_sample: bool
+
+
+def start(model: DecoderModel, input_ids, attention_mask, options: DecodeOptions,
+          max_new_tokens_buffer: int, do_sample: bool) -> tuple[SamplingState, LoopConstants]:
+    """Prefill and the initial loop state (see :func:`sample_loop` for shapes)."""
+    batch, prompt_len = input_ids.shape
+    n = max_new_tokens_buffer
+    logits, cache, key_mask = prefill(model, input_ids, attention_mask, prompt_len + n)
+    pad = tf.fill([batch, n], options.pad_token_id)
+    state = SamplingState(
+        step=tf.constant(0, tf.int32),
+        sequences=tf.concat([input_ids, pad], 1),
+        token_mask=tf.concat([tf.cast(attention_mask, tf.bool), tf.zeros([batch, n], tf.bool)], 1),
+        logits=logits,
+        cache=cache,
+        finished=tf.zeros([batch], tf.bool),
+        scores=tf.zeros([batch, n], tf.float32),
+    )
+    constants = LoopConstants(model, options, attention_mask, key_mask,
+                              sampling.row_keys(options.seeds, options.sample_index), prompt_len, do_sample)
+    return state, constants
+
+
+def not_done(s: SamplingState, c: LoopConstants) -> tf.Tensor:
+    """Loop condition: steps left and at least one row still running."""
+    return tf.logical_and(s.step < c.options.max_new_tokens, tf.logical_not(tf.reduce_all(s.finished)))
+
+
+def decode_step(s: SamplingState, c: LoopConstants) -> tuple[SamplingState, tf.Tensor]:
+    """One step: choose each row's token, write it, run the model on it.
+
+    The compiled loop (:func:`sample_loop`) and the eager stepper
+    (``debug.step_through``) both call exactly this function.
+
+    Returns:
+      ``(next_state, processed)``: ``processed`` are the float32 ``[B, V]``
+      processed logits the tokens were chosen from (for inspection).
+    """
+    options, batch = c.options, s.sequences.shape[0]
+    slot = c.prompt_len + s.step
+    processed = process_logits(s.logits, s.sequences, s.token_mask, slot, s.step, options)
+    tokens, logprobs = choose_tokens(processed, options, c.keys, s.step, c.do_sample)
+    # Finished rows keep emitting pad and score nothing.
+    tokens = tf.where(s.finished, options.pad_token_id, tokens)
+    logprobs = tf.where(s.finished, 0.0, logprobs)
+    finished = tf.logical_or(s.finished, tf.gather(options.eos_mask, tokens))
+    logits, cache = c.model.step(tokens[:, tf.newaxis], pos.next_positions(c.attention_mask, s.step),
+                                 s.cache, slot, c.key_mask)
+    next_state = SamplingState(
+        step=s.step + 1,
+        sequences=write_column(s.sequences, tokens, slot),
+        token_mask=write_column(s.token_mask, tf.ones([batch], tf.bool), slot),
+        logits=logits,
+        cache=cache,
+        finished=finished,
+        scores=write_column(s.scores, logprobs, s.step),
+    )
+    return next_state, processed
+
+
 def sample_loop(model: DecoderModel, input_ids, attention_mask, options: DecodeOptions,
                 max_new_tokens_buffer: int, do_sample: bool):
     """Greedy (``do_sample=False``) or sampled decoding.
@@ -200,45 +270,10 @@ def sample_loop(model: DecoderModel, input_ids, attention_mask, options: DecodeO
       ``(sequences int32 [B, P + N], scores float32 [B, N])``. Columns past
       ``options.max_new_tokens`` hold ``pad_token_id``.
     """
-    batch, prompt_len = input_ids.shape
-    n = max_new_tokens_buffer
-    logits, cache, key_mask = prefill(model, input_ids, attention_mask, prompt_len + n)
-    keys = sampling.row_keys(options.seeds, options.sample_index)
-    pad = tf.fill([batch, n], options.pad_token_id)
-    state = SamplingState(
-        step=tf.constant(0, tf.int32),
-        sequences=tf.concat([input_ids, pad], 1),
-        token_mask=tf.concat([tf.cast(attention_mask, tf.bool), tf.zeros([batch, n], tf.bool)], 1),
-        logits=logits,
-        cache=cache,
-        finished=tf.zeros([batch], tf.bool),
-        scores=tf.zeros([batch, n], tf.float32),
-    )
-
-    def not_done(s: SamplingState):
-        return tf.logical_and(s.step < options.max_new_tokens, tf.logical_not(tf.reduce_all(s.finished)))
-
-    def one_step(s: SamplingState):
-        slot = prompt_len + s.step
-        processed = process_logits(s.logits, s.sequences, s.token_mask, slot, s.step, options)
-        tokens, logprobs = choose_tokens(processed, options, keys, s.step, do_sample)
-        # Finished rows keep emitting pad and score nothing.
-        tokens = tf.where(s.finished, options.pad_token_id, tokens)
-        logprobs = tf.where(s.finished, 0.0, logprobs)
-        finished = tf.logical_or(s.finished, tf.gather(options.eos_mask, tokens))
-        logits, cache = model.step(tokens[:, tf.newaxis], pos.next_positions(attention_mask, s.step),
-                                   s.cache, slot, key_mask)
-        return (SamplingState(
-            step=s.step + 1,
-            sequences=write_column(s.sequences, tokens, slot),
-            token_mask=write_column(s.token_mask, tf.ones([batch], tf.bool), slot),
-            logits=logits,
-            cache=cache,
-            finished=finished,
-            scores=write_column(s.scores, logprobs, s.step),
-        ),)
-
+    state, constants = start(model, input_ids, attention_mask, options, max_new_tokens_buffer, do_sample)
     # loop_vars is a 1-tuple holding the state (a bare NamedTuple would be
     # unpacked into its fields); the body returns the same 1-tuple.
-    (final,) = tf.while_loop(not_done, one_step, (state,), maximum_iterations=n)
+    (final,) = tf.while_loop(lambda s: not_done(s, constants),
+                             lambda s: (decode_step(s, constants)[0],),
+                             (state,), maximum_iterations=max_new_tokens_buffer)
     return final.sequences, final.scores
