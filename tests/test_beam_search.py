@@ -86,7 +86,7 @@ P_WIDTH = max(P_LENGTHS)
 # For these prompts every early_stopping value changes some returned beams
 # (checked by test_parity_combos_cover_early_eos_and_max_length).
 COMBOS = [
-    (2, 1, 1.0, False),
+    (2, 1, 2.0, False),
     (2, 2, 0.0, True),
     (3, 2, -1.0, "never"),
     (3, 2, 2.0, False),

@@ -113,10 +113,12 @@ class GPT2(tf.Module):
       dtype: storage / matmul dtype of the weights (float32 or bfloat16).
         Layer norms, softmax and logits are always computed in float32.
       seed: seed of the random init.
+      init_std: standard deviation of the random init's matrices (GPT-2 uses
+        0.02; a wider one gives untrained models less repetitive output).
     """
 
     def __init__(self, config: GPT2Config, weights: dict[str, np.ndarray] | None = None,
-                 dtype=tf.float32, seed: int = 0):
+                 dtype=tf.float32, seed: int = 0, init_std: float = 0.02):
         super().__init__(name="gpt2")
         self.config = config
         self.dtype = tf.as_dtype(dtype)
@@ -125,7 +127,7 @@ class GPT2(tf.Module):
         self._act = _activation(config.activation_function)
         shapes = param_shapes(config)
         if weights is None:
-            weights = _random_init(shapes, seed)
+            weights = _random_init(shapes, seed, init_std)
         # One variable per HF tensor, under its HF name: the mapping in plain sight.
         self.weights = {
             name: tf.Variable(tf.cast(np.asarray(weights[name], np.float32), self.dtype), name=name.replace(".", "_"))
@@ -237,8 +239,8 @@ class GPT2(tf.Module):
         return tf.cast(logits, tf.float32)
 
 
-def _random_init(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
-    """GPT-2's init: N(0, 0.02) matrices, zero biases, unit layer-norm gains."""
+def _random_init(shapes: dict[str, tuple[int, ...]], seed: int, std: float) -> dict[str, np.ndarray]:
+    """GPT-2's init: N(0, std) matrices (std 0.02), zero biases, unit layer-norm gains."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in shapes.items():
@@ -247,5 +249,5 @@ def _random_init(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.
         elif name.endswith(".bias"):
             out[name] = np.zeros(shape, np.float32)
         else:
-            out[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
+            out[name] = rng.normal(0.0, std, shape).astype(np.float32)
     return out
