@@ -42,3 +42,23 @@ def law_lm(request, tiny_lm):
     from xladecode.lm import LanguageModel
     from xladecode.rope_decoder import RopeDecoder
     return LanguageModel(RopeDecoder(vocab_size=37, max_positions=64, seed=1))
+
+
+@pytest.fixture(scope="session")
+def text_model(tmp_path_factory):
+    """A tiny random model over the real GPT-2 vocabulary, with its tokenizer.json."""
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("text-model")
+    make_checkpoint(folder, n_layer=1, n_head=2, n_embd=8, vocab_size=50257, n_positions=64,
+                    eos_token_id=50256)
+    repo = Path(__file__).resolve().parent.parent
+    shutil.copy(repo / "models" / "gpt2-shakespeare" / "tokenizer.json", folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def text_lm(text_model):
+    """``text_model`` loaded once: tests with equal shapes share its compiled functions."""
+    return xladecode.load(text_model)

@@ -15,6 +15,9 @@ bug.
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
+
+from xladecode import sampling
 
 NEAR_TIE = 1e-4
 
@@ -78,3 +81,16 @@ def assert_pad_after_eos(new: np.ndarray, eos: set[int], pad: int):
         hits = [i for i, t in enumerate(row) if int(t) in eos]
         if hits:
             assert (row[hits[0] + 1:] == pad).all(), f"tokens after EOS in {row.tolist()}"
+
+
+def assert_same_sample(lm, row, got, want, s, temperature=1.0):
+    """Sampled tokens agree, or first differ where the Gumbel-perturbed logits nearly tie."""
+    got, want = np.asarray(got), np.asarray(want)
+    if np.array_equal(got, want):
+        return
+    step = int(np.flatnonzero(got != want)[0])
+    logits = recompute_logits(lm, row, [int(t) for t in want[:step]]) / temperature
+    keys = sampling.row_keys(tf.constant([s], tf.int32), tf.constant([0]))
+    noise = -np.log(-np.log(sampling.uniform(keys, tf.constant(step), logits.shape[-1]).numpy()[0]))
+    perturbed = np.sort(logits + noise)
+    assert perturbed[-1] - perturbed[-2] < NEAR_TIE, f"sampled tokens differ at step {step}: {got} vs {want}"

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 import xladecode
-from checkpoints import make_checkpoint
 from xladecode import cli
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory):
-    """A tiny random model over the real GPT-2 vocabulary, with its tokenizer.json."""
-    folder = tmp_path_factory.mktemp("text-model")
-    make_checkpoint(folder, n_layer=1, n_head=2, n_embd=8, vocab_size=50257, n_positions=64,
-                    eos_token_id=50256)
-    shutil.copy(REPO / "models" / "gpt2-shakespeare" / "tokenizer.json", folder)
-    return folder
 
 
 def _run(*args):

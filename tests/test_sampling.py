@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from laws import assert_same_tokens, left_pad, recompute_logits
+from laws import assert_same_sample, left_pad, recompute_logits
 from xladecode import processors, sampling
 
 VOCAB, WIDTH, NEW = 37, 8, 6
@@ -81,20 +81,7 @@ def test_same_seed_same_tokens_with_and_without_xla(law_lm, rows, s):
     plain = law_lm.generate(ids, mask, jit_compile=False, **kw).sequences
     np.testing.assert_array_equal(first, again)
     for i, row in enumerate(rows):
-        _assert_same_sample(law_lm, row, plain[i, WIDTH:], first[i, WIDTH:], s)
-
-
-def _assert_same_sample(lm, row, got, want, s, temperature=1.0):
-    """Sampled tokens agree, or first differ where the Gumbel-perturbed logits nearly tie."""
-    got, want = np.asarray(got), np.asarray(want)
-    if np.array_equal(got, want):
-        return
-    step = int(np.flatnonzero(got != want)[0])
-    logits = recompute_logits(lm, row, [int(t) for t in want[:step]]) / temperature
-    keys = sampling.row_keys(tf.constant([s], tf.int32), tf.constant([0]))
-    noise = -np.log(-np.log(sampling.uniform(keys, tf.constant(step), logits.shape[-1]).numpy()[0]))
-    perturbed = np.sort(logits + noise)
-    assert perturbed[-1] - perturbed[-2] < 1e-4, f"sampled tokens differ at step {step}: {got} vs {want}"
+        assert_same_sample(law_lm, row, plain[i, WIDTH:], first[i, WIDTH:], s)
 
 
 @SETTINGS
@@ -106,14 +93,14 @@ def test_sampled_row_ignores_batch_position_padding_and_neighbours(law_lm, targe
     width = min(len(target) + extra_pad, WIDTH)
     ids, mask = left_pad([target], width)
     padded = law_lm.generate(ids, mask, seed=s, **kw).sequences[0, width:]
-    _assert_same_sample(law_lm, target, padded, want, s)
+    assert_same_sample(law_lm, target, padded, want, s)
     rows = others + [target]  # target last: a different index than alone
     rows = rows + [rows[0]] * (3 - len(rows))
     index = len(others)
     ids, mask = left_pad(rows, WIDTH)
     per_row_seeds = np.asarray([s if i == index else (i + 99, 7) for i in range(3)])
     mixed = law_lm.generate(ids, mask, seed=per_row_seeds, **kw).sequences[index, WIDTH:]
-    _assert_same_sample(law_lm, target, mixed, want, s)
+    assert_same_sample(law_lm, target, mixed, want, s)
 
 
 @SETTINGS
@@ -198,7 +185,9 @@ def test_option_values_do_not_recompile(law_lm):
     ]):
         law_lm.generate(ids, mask, **(base | {"seed": (i, 1)} | opts))
     assert law_lm.compile_count == before, "an option value triggered a recompile"
-    law_lm.generate(ids, mask, **(base | {"max_new_tokens": 5}))  # a new shape does compile
+    law_lm.generate(ids, mask, **(base | {"max_new_tokens": 7}))  # same buffer bucket (8): no compile
+    assert law_lm.compile_count == before
+    law_lm.generate(ids, mask, **(base | {"max_new_tokens": 9}))  # a new bucket (16) does compile
     assert law_lm.compile_count == before + 1
 
 

@@ -218,12 +218,11 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
         raise
     meter = _Progress(total_lines) if progress else None
     seen: dict[str, int] = {}  # id key -> first line: duplicates are refused
-    lines_read = 0
+    blank = 0
     try:
         for chunk in _chunks(source, chunk_batches * batch_size):
             items = []
             for line_no, raw in chunk:
-                lines_read = line_no
                 try:
                     item = _parse_line(line_no, raw, lm, n_new, seed, seen)
                 except _LineError as error:
@@ -232,6 +231,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
                         report.errors += 1
                     continue
                 if item is None:  # blank line
+                    blank += 1
                     continue
                 if _id_key(item.id) in done:
                     report.skipped += 1
@@ -252,7 +252,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
                 report.new_tokens += new_tokens
                 report.seconds = time.perf_counter() - started
                 if meter:
-                    meter.update(lines_read, report)
+                    meter.update(report.written + report.skipped + report.errors + blank, report)
                 if on_batch is not None:
                     on_batch(report)
             writer.sync_errors()
@@ -261,7 +261,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
         writer.close()
         report.seconds = time.perf_counter() - started
         if meter:
-            meter.finish(lines_read, report)
+            meter.finish(report.written + report.skipped + report.errors + blank, report)
     return report
 
 
@@ -484,22 +484,25 @@ class _Progress:
         self.every = every if self.tty else 10.0  # a log file gets a line every 10 s, not every batch
         self.last = 0.0
 
-    def _line(self, lines_read: int, report: BatchReport) -> str:
-        done = f"{lines_read}/{self.total} lines" if self.total else f"{lines_read} lines"
+    def _line(self, handled: int, report: BatchReport) -> str:
+        """``handled`` = input lines dealt with: written, skipped, reported or blank."""
+        done = f"{handled}/{self.total} lines" if self.total else f"{handled} lines"
         text = (f"[xladecode] {done}  {report.written} written  {report.prompts_per_second:.1f} prompts/s  "
                 f"{report.tokens_per_second:.0f} tokens/s")
-        if self.total and report.written and lines_read < self.total:
-            eta = (self.total - lines_read) / (lines_read / report.seconds)
+        if self.total and report.written and handled < self.total:
+            # Lines still to do at the speed results came so far (skipped and
+            # bad lines are nearly free, so written results set the pace).
+            eta = (self.total - handled) / report.prompts_per_second
             text += f"  ETA {int(eta // 60)}m{int(eta % 60):02d}s"
         return text
 
-    def update(self, lines_read: int, report: BatchReport) -> None:
+    def update(self, handled: int, report: BatchReport) -> None:
         now = time.perf_counter()
         if now - self.last >= self.every:
             self.last = now
             end = "\r" if self.tty else "\n"
-            print(self._line(lines_read, report), end=end, file=sys.stderr, flush=True)
+            print(self._line(handled, report), end=end, file=sys.stderr, flush=True)
 
-    def finish(self, lines_read: int, report: BatchReport) -> None:
-        print(self._line(lines_read, report) + (f"  skipped {report.skipped}" if report.skipped else "")
+    def finish(self, handled: int, report: BatchReport) -> None:
+        print(self._line(handled, report) + (f"  skipped {report.skipped}" if report.skipped else "")
               + (f"  errors {report.errors}" if report.errors else ""), file=sys.stderr, flush=True)

@@ -49,12 +49,13 @@ def step_through(lm, input_ids, attention_mask=None, *, top: int = 5, **options)
         raise ValueError("step_through supports greedy and sampling; got num_beams > 1")
     state, constants = decoding.start(lm.model, tf.constant(call.input_ids), tf.constant(call.attention_mask),
                                       call.options, call.max_new_tokens, call.do_sample)
+    rows = call.rows  # drop the filler rows of shape bucketing
     while bool(decoding.not_done(state, constants)):
         state, processed = decoding.decode_step(state, constants)
         index = int(state.step) - 1
-        best = tf.math.top_k(tf.nn.log_softmax(processed), top)
+        best = tf.math.top_k(tf.nn.log_softmax(processed[:rows]), top)
         yield Step(step=index,
-                   tokens=state.sequences[:, constants.prompt_len + index].numpy(),
-                   logprobs=state.scores[:, index].numpy(),
-                   finished=state.finished.numpy(),
+                   tokens=state.sequences[:rows, constants.prompt_len + index].numpy(),
+                   logprobs=state.scores[:rows, index].numpy(),
+                   finished=state.finished[:rows].numpy(),
                    top_tokens=best.indices.numpy(), top_logprobs=best.values.numpy())

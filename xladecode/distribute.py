@@ -1,8 +1,9 @@
 """Data-parallel decoding with ``tf.distribute``: one compiled decoder per replica.
 
 ``generate_distributed(lm, strategy, input_ids, attention_mask, **options)``
-splits a global batch across the replicas of a ``tf.distribute.Strategy``,
-runs the SAME compiled decoding function (``LanguageModel._build_generate``,
+(or ``distributed(lm, strategy)``: a :class:`DistributedLanguageModel` with
+the usual ``generate`` / ``generate_text``) splits a global batch across the
+replicas of a ``tf.distribute.Strategy``, runs the SAME compiled decoding function (``LanguageModel._build_generate``,
 ``jit_compile=True``) on every replica's slice, and gathers the rows back in
 order. Its output equals ``lm.generate`` row for row: every row is decoded
 independently (and sampling seeds are per row), so which replica decodes a
@@ -10,7 +11,7 @@ row, and with which neighbours, changes nothing.
 
 The plan, for a global batch of B prompts and R replicas::
 
-    host   validate + build options (lm.prepare, like generate)
+    host   validate + build options: LanguageModel.generate's own code
            pad the rows to a multiple of R (copies of row 0), P = rows / R
     each replica r (strategy.run)
            rows [r*P, (r+1)*P) -> the compiled decoder -> [P, ...]
@@ -29,14 +30,15 @@ worker) and ``TPUStrategy`` (whose replica functions are always XLA).
 chose to MIRROR them: the weights are copied once into a new ``GPT2``
 created under ``strategy.scope()``, so each replica holds its own copy
 (``MirroredVariable``) and reads it locally -- no cross-device reads per
-step. The copy is cached per ``(lm, strategy)``. To avoid the extra host copy,
-load the model under the scope yourself (``with strategy.scope(): lm =
-xladecode.load(path)``): variables created in the strategy's scope are used
-as they are.
+step. The copy is made once per ``(lm, strategy)`` (:func:`distributed`
+caches it). To avoid the extra host copy, load the model under the scope
+yourself (``with strategy.scope(): lm = xladecode.load(path)``): variables
+created in the strategy's scope are used as they are.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import weakref
 
@@ -44,75 +46,87 @@ import numpy as np
 import tensorflow as tf
 
 from .gpt2 import GPT2
-from .lm import GenerateOutput, LanguageModel
+from .lm import MAX_COMPILED_FUNCTIONS, GenerateOutput, LanguageModel
 
-# (lm, strategy) -> DistributedGenerator, so the weights are mirrored once.
-_GENERATORS: "weakref.WeakKeyDictionary[LanguageModel, dict]" = weakref.WeakKeyDictionary()
+# lm -> {strategy: DistributedLanguageModel}, so the weights are mirrored once.
+_DISTRIBUTED: "weakref.WeakKeyDictionary[LanguageModel, dict]" = weakref.WeakKeyDictionary()
 
 
-class DistributedGenerator:
-    """``lm.generate`` split across the replicas of ``strategy``.
+class DistributedLanguageModel(LanguageModel):
+    """A :class:`~xladecode.LanguageModel` whose decoding runs split across ``strategy``'s replicas.
+
+    Everything host-side -- validation, options, shape bucketing, slicing
+    the result -- is :meth:`LanguageModel.generate`'s own code; only
+    ``_run_generate`` (where the compiled function runs) is replaced. So
+    ``generate``, ``generate_text`` and ``batch.generate_file`` all work
+    distributed, with the same arguments and results.
 
     Args:
-      lm: a :class:`~xladecode.LanguageModel` (its generation defaults and
-        tokenizer are kept).
+      lm: the model to distribute (its generation defaults and tokenizer are
+        kept; its weights are mirrored unless already in ``strategy``'s scope).
       strategy: any ``tf.distribute.Strategy``.
-
-    Attributes:
-      lm: the replica-side :class:`LanguageModel` whose variables live in
-        ``strategy``'s scope (``lm.compile_count`` counts its traces).
     """
 
     def __init__(self, lm: LanguageModel, strategy: tf.distribute.Strategy):
+        super().__init__(_model_in_scope(lm.model, strategy), lm.tokenizer, dict(lm.defaults))
         self.strategy = strategy
-        self.lm = LanguageModel(_model_in_scope(lm.model, strategy), lm.tokenizer, dict(lm.defaults))
+        # compiled fn -> its distributed wrapper (LRU-bounded like _compiled).
+        self._steps: collections.OrderedDict[int, tuple] = collections.OrderedDict()
 
-    def generate(self, input_ids, attention_mask=None, *, output_scores: bool = False,
-                 jit_compile: bool = True, **options) -> GenerateOutput:
-        """Same arguments and result as :meth:`LanguageModel.generate`."""
-        call = self.lm.prepare(input_ids, attention_mask, **options)  # all validation, host side
+    def _run_generate(self, fn, input_ids: np.ndarray, attention_mask: np.ndarray, options):
+        """Runs ``fn`` on every replica's share of the rows; returns the rows in order.
+
+        Args:
+          fn: the compiled decoder ``(ids, mask, options) -> (sequences,
+            scores, sequences_scores)``, as built by ``_build_generate``.
+          input_ids / attention_mask: int32 ``[rows, P]``, the global batch.
+          options: :class:`~xladecode.decoding.DecodeOptions`; ``seeds`` [rows, 2]
+            and ``sample_index`` [rows] are per row, the rest is shared.
+
+        Returns:
+          The three output tensors of ``fn`` for all ``rows`` (beam search:
+          ``rows * num_return_sequences`` rows), as if ``fn`` ran on one device.
+        """
         replicas = self.strategy.num_replicas_in_sync
-        rows = call.input_ids.shape[0]
+        rows = input_ids.shape[0]
         per_replica = math.ceil(rows / replicas)
-        # Padding rows are copies of row 0: valid prompts, decoded and dropped.
+        # Pad to a multiple of the replica count with copies of row 0 (valid
+        # prompts; decoded, then dropped).
         take = np.concatenate([np.arange(rows), np.zeros(per_replica * replicas - rows, np.int64)])
-        per_row = (call.input_ids[take], call.attention_mask[take],
-                   call.options.seeds.numpy()[take], call.options.sample_index.numpy()[take])
+        per_row = (input_ids[take], attention_mask[take],
+                   options.seeds.numpy()[take], options.sample_index.numpy()[take])
 
         def slice_for(context, array):
+            # Runs once per replica (on its worker): the rows of replica r.
             start = context.replica_id_in_sync_group * per_replica
             return tf.constant(array[start:start + per_replica])
 
         distributed = [self.strategy.experimental_distribute_values_from_function(
             lambda context, a=array: slice_for(context, a)) for array in per_row]
-        # Rows per replica is part of the compile key: one program per shape.
-        key = ("distributed", per_replica) + call.shape_key[1:] + (jit_compile,)
-        step = self.lm._function(key, lambda: self._build_step(call, jit_compile))
-        sequences, scores, sequences_scores = step(*distributed, call.options)
-        # Beam search returns num_return_sequences rows per prompt; the others one per row.
-        out_rows = rows * (call.beam_key[1] if call.beam_key else 1)
-        width = call.input_ids.shape[1] + call.max_new_tokens
-        return GenerateOutput(
-            sequences=sequences.numpy()[:out_rows, :width],
-            scores=scores.numpy()[:out_rows, :call.max_new_tokens] if output_scores else None,
-            sequences_scores=sequences_scores.numpy()[:out_rows] if call.beam_key else None,
-        )
+        sequences, scores, sequences_scores = self._step(fn)(*distributed, options)
+        out_rows = sequences.shape[0] // (per_replica * replicas) * rows  # beams: nrs rows per prompt
+        return sequences[:out_rows], scores[:out_rows], sequences_scores[:out_rows]
 
-    def _build_step(self, call, jit_compile: bool):
-        """A ``tf.function`` that runs the compiled decoder on every replica and gathers."""
-        decode = self.lm._build_generate(call.max_new_tokens, call.do_sample, call.beam_key, jit_compile)
+    def _step(self, fn):
+        """``fn`` wrapped in a ``tf.function`` that runs it on every replica and gathers."""
+        if id(fn) in self._steps:
+            self._steps.move_to_end(id(fn))
+            return self._steps[id(fn)][1]
         strategy = self.strategy
 
         @tf.function
         def step(input_ids, attention_mask, seeds, sample_index, options):
             def replica_fn(ids, mask, row_seeds, row_index):
-                # Replica context: the options shared by all rows, this slice's per-row fields.
-                return decode(ids, mask, options._replace(seeds=row_seeds, sample_index=row_index))
+                # Replica context: the shared options, this replica's per-row fields.
+                return fn(ids, mask, options._replace(seeds=row_seeds, sample_index=row_index))
 
             results = strategy.run(replica_fn, args=(input_ids, attention_mask, seeds, sample_index))
             # Concatenate the replicas' rows in replica order (across workers too).
             return tuple(strategy.gather(r, axis=0) for r in results)
 
+        self._steps[id(fn)] = (fn, step)  # holding fn keeps id(fn) unique while cached
+        if len(self._steps) > MAX_COMPILED_FUNCTIONS:
+            self._steps.popitem(last=False)
         return step
 
 
@@ -123,18 +137,23 @@ def generate_distributed(lm: LanguageModel, strategy: tf.distribute.Strategy, in
     Args:
       lm: a :class:`~xladecode.LanguageModel`.
       strategy: a ``tf.distribute.Strategy`` (Mirrored, MultiWorkerMirrored, TPU).
-      input_ids: int ``[batch, P]`` left-padded prompts (the GLOBAL batch;
-        any size: it is padded to a multiple of the replica count).
+      input_ids: int ``[batch, P]`` left-padded prompts: the GLOBAL batch, any
+        size (padded to a multiple of the replica count, padding dropped).
       attention_mask: int ``[batch, P]`` or None.
       **kwargs: any :meth:`LanguageModel.generate` option.
 
     Returns:
       :class:`~xladecode.GenerateOutput`, equal row for row to ``lm.generate``.
     """
-    per_lm = _GENERATORS.setdefault(lm, {})
+    return distributed(lm, strategy).generate(input_ids, attention_mask, **kwargs)
+
+
+def distributed(lm: LanguageModel, strategy: tf.distribute.Strategy) -> DistributedLanguageModel:
+    """The (cached) :class:`DistributedLanguageModel` of ``lm`` on ``strategy``."""
+    per_lm = _DISTRIBUTED.setdefault(lm, {})
     if strategy not in per_lm:
-        per_lm[strategy] = DistributedGenerator(lm, strategy)
-    return per_lm[strategy].generate(input_ids, attention_mask, **kwargs)
+        per_lm[strategy] = DistributedLanguageModel(lm, strategy)
+    return per_lm[strategy]
 
 
 def _model_in_scope(model, strategy: tf.distribute.Strategy):

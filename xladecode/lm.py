@@ -39,6 +39,14 @@ _GENERATION_DEFAULTS = dict(
 
 _EARLY_STOPPING = {False: 0, True: 1, "never": 2}
 
+def bucket(n: int, minimum: int) -> int:
+    """Smallest power of two >= max(n, minimum): 5 -> 8, 8 -> 8, 9 -> 16."""
+    size = minimum
+    while size < n:
+        size *= 2
+    return size
+
+
 #: How many compiled generation functions a LanguageModel keeps (least
 #: recently used are dropped), so a long-running process cannot grow forever.
 MAX_COMPILED_FUNCTIONS = 32
@@ -75,6 +83,9 @@ class PreparedCall:
     do_sample: bool
     beam_key: tuple | None  # (num_beams, num_return_sequences, num_eos_ids) for beam search
     shape_key: tuple  # everything that changes a shape: one compiled graph per value
+    rows: int  # rows the caller asked for (the arrays may hold filler rows after them)
+    prompt_offset: int  # extra left-padding columns added by shape bucketing
+    buffer: int  # new-token buffer width (>= max_new_tokens)
 
 
 class LanguageModel:
@@ -84,11 +95,15 @@ class LanguageModel:
       model: any ``protocol.DecoderModel`` that also has ``forward`` (GPT2).
       tokenizer: a :class:`Tokenizer` or None.
       generation_config: dict of defaults (``generation_config.json``).
+      bucket_shapes: round batch, prompt width and the new-token buffer up to
+        powers of two so that varied calls share compiled graphs (results are
+        unchanged: extra left padding and filler rows are invisible to a row).
     """
 
     def __init__(self, model, tokenizer: Tokenizer | None = None,
-                 generation_config: dict | None = None):
+                 generation_config: dict | None = None, bucket_shapes: bool = True):
         self.model = model
+        self.bucket_shapes = bucket_shapes
         self.tokenizer = tokenizer
         self.defaults = dict(_GENERATION_DEFAULTS)
         config_eos = getattr(getattr(model, "config", None), "eos_token_id", None)
@@ -156,14 +171,16 @@ class LanguageModel:
         call = self.prepare(input_ids, attention_mask, **options)
         key = ("generate",) + call.shape_key + (jit_compile,)
         fn = self._function(key, lambda: self._build_generate(
-            call.max_new_tokens, call.do_sample, call.beam_key, jit_compile))
-        sequences, scores, sequences_scores = fn(tf.constant(call.input_ids),
-                                                 tf.constant(call.attention_mask), call.options)
-        width = call.input_ids.shape[1] + call.max_new_tokens
+            call.buffer, call.do_sample, call.beam_key, jit_compile))
+        sequences, scores, sequences_scores = self._run_generate(fn, call.input_ids, call.attention_mask,
+                                                                 call.options)
+        # Drop filler rows and bucketing columns: the caller sees its own shapes.
+        rows, first = call.rows, call.prompt_offset
+        last = call.input_ids.shape[1] + call.max_new_tokens
         return GenerateOutput(
-            sequences=sequences.numpy()[:, :width],
-            scores=scores.numpy()[:, :call.max_new_tokens] if output_scores else None,
-            sequences_scores=sequences_scores.numpy() if call.beam_key else None,
+            sequences=sequences.numpy()[:rows, first:last],
+            scores=scores.numpy()[:rows, :call.max_new_tokens] if output_scores else None,
+            sequences_scores=sequences_scores.numpy()[:rows] if call.beam_key else None,
         )
 
     def prepare(self, input_ids, attention_mask=None, **options) -> "PreparedCall":
@@ -214,12 +231,30 @@ class LanguageModel:
         if a["bad_words_ids"] is None:
             bad_ids, bad_lengths = np.zeros([0, 1], np.int32), np.zeros([0], np.int32)
         else:
-            bad_ids, bad_lengths = processors.pack_bad_words(a["bad_words_ids"], vocab, eos_token_id=eos_ids)
+            words = a["bad_words_ids"]
+            n_words = len(words) if isinstance(words, (list, tuple)) else 0
+            longest = max((len(w) for w in words if hasattr(w, "__len__")), default=1)
+            bad_ids, bad_lengths = processors.pack_bad_words(
+                words, vocab, eos_token_id=eos_ids,
+                num_words=bucket(n_words, 4) if self.bucket_shapes else None,
+                max_word_len=bucket(longest, 2) if self.bucket_shapes else None)
         rows = batch * (1 if num_beams > 1 else nrs)
         seed = a["seed"]
         if seed is None:
             seed = np.random.default_rng().integers(0, 2**31, size=2)
         seeds = validation.seeds(seed, batch)
+        # Shape bucketing (host side, after the checks above).
+        real_rows = rows
+        width, buffer, padded_batch = self._bucketed_shapes(prompt_len, n_new, batch)
+        if width > prompt_len:  # more left padding changes no result (padding invariance)
+            ids = np.concatenate([np.full([batch, width - prompt_len], pad_id, np.int32), ids], 1)
+            mask = np.concatenate([np.zeros([batch, width - prompt_len], np.int32), mask], 1)
+        if padded_batch > batch:  # filler prompts: copies of the last one, dropped afterwards
+            fill = padded_batch - batch
+            ids, mask = np.concatenate([ids, ids[-1:].repeat(fill, 0)]), np.concatenate([mask, mask[-1:].repeat(fill, 0)])
+            seeds = np.concatenate([seeds, seeds[-1:].repeat(fill, 0)])
+            rows = rows // batch * padded_batch
+            batch = padded_batch
         decode_options = decoding.DecodeOptions(
             max_new_tokens=tf.constant(n_new, tf.int32),
             pad_token_id=tf.constant(pad_id, tf.int32),
@@ -248,7 +283,23 @@ class LanguageModel:
             ids, mask = np.repeat(ids, nrs, axis=0), np.repeat(mask, nrs, axis=0)
         beam_key = (num_beams, nrs, len(set(eos_ids))) if num_beams > 1 else None
         return PreparedCall(ids, mask, decode_options, n_new, do_sample, beam_key,
-                            shape_key=(rows, prompt_len, n_new, do_sample, beam_key, bad_ids.shape))
+                            shape_key=(rows, width, buffer, do_sample, beam_key, bad_ids.shape),
+                            rows=real_rows, prompt_offset=width - prompt_len, buffer=buffer)
+
+    def _bucketed_shapes(self, prompt_len: int, n_new: int, batch: int) -> tuple[int, int, int]:
+        """(prompt width, new-token buffer, batch) actually compiled for a call.
+
+        Shapes are rounded up to powers of two (prompt >= 8, buffer >= 8) so a
+        stream of calls with varied lengths and batch sizes compiles a handful
+        of graphs, not one per call; ``max_new_tokens`` is a tensor bound
+        inside the buffer. Everything still fits in ``n_positions``.
+        """
+        if not self.bucket_shapes:
+            return prompt_len, n_new, batch
+        limit = self.model.max_positions
+        width = max(prompt_len, min(bucket(prompt_len, 8), limit - n_new))
+        buffer = max(n_new, min(bucket(n_new, 8), limit - width))
+        return width, buffer, bucket(batch, 1)
 
     def _build_generate(self, n_new, do_sample, beam_key, jit_compile):
         model = self.model
@@ -264,6 +315,15 @@ class LanguageModel:
             return sequences, scores, tf.zeros([tf.shape(sequences)[0]], tf.float32)
 
         return tf.function(generate_graph, jit_compile=jit_compile, reduce_retracing=False)
+
+    def _run_generate(self, fn, input_ids: np.ndarray, attention_mask: np.ndarray, options):
+        """Runs compiled generation function ``fn``; returns its three output tensors.
+
+        The one place that decides WHERE decoding runs: a subclass can run the
+        same ``fn`` elsewhere, e.g. split across the replicas of a
+        ``tf.distribute.Strategy`` (``distribute.DistributedLanguageModel``).
+        """
+        return fn(tf.constant(input_ids), tf.constant(attention_mask), options)
 
     def export(self, path, **options):
         """Writes this model and its decoding loop as a SavedModel; see :func:`xladecode.export.export`.
