@@ -132,7 +132,7 @@ class LanguageModel:
             validation.fail("input_ids", f"length {ids.shape[1]}",
                             f"must be <= n_positions={self.model.max_positions}")
         fn = self._function(("logits", jit_compile), lambda: tf.function(
-            self.model.forward, jit_compile=jit_compile, reduce_retracing=False))
+            self.model.forward, jit_compile=jit_compile, autograph=False))
         return fn(tf.constant(ids), tf.constant(mask)).numpy()
 
     # ---------------------------------------------------------------- generate
@@ -314,7 +314,10 @@ class LanguageModel:
                                                      n_new, do_sample)
             return sequences, scores, tf.zeros([tf.shape(sequences)[0]], tf.float32)
 
-        return tf.function(generate_graph, jit_compile=jit_compile, reduce_retracing=False)
+        # autograph=False: the decoder's control flow is explicit (tf.while_loop,
+        # tf.cond), so there is no Python `if`/`for` over tensors to convert, and
+        # skipping the conversion makes tracing markedly faster.
+        return tf.function(generate_graph, jit_compile=jit_compile, autograph=False)
 
     def _run_generate(self, fn, input_ids: np.ndarray, attention_mask: np.ndarray, options):
         """Runs compiled generation function ``fn``; returns its three output tensors.
