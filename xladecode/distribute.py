@@ -114,7 +114,7 @@ class DistributedLanguageModel(LanguageModel):
             return self._steps[id(fn)][1]
         strategy = self.strategy
 
-        @tf.function
+        @tf.function(autograph=False)  # no Python control flow over tensors to convert
         def step(input_ids, attention_mask, seeds, sample_index, options):
             def replica_fn(ids, mask, row_seeds, row_index):
                 # Replica context: the shared options, this replica's per-row fields.

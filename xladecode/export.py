@@ -168,6 +168,7 @@ def export(lm, path, *, strategy: str = "greedy", num_beams: int = 4,
         with tempfile.TemporaryDirectory() as staging:
             module.assets = _asset_files(lm, Path(staging), info)  # copied into tmp/assets/
             tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serving_signature()})
+        os.chmod(tmp, 0o755)  # mkdtemp made it private (0700); a model server may run as another user
         _replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -228,7 +229,8 @@ class _ServingModule(tf.Module):
         """The concrete ``serving_default`` function (traced once, here)."""
         b = self._batch_size  # None = dynamic batch
         spec = tf.TensorSpec
-        return tf.function(self._serve).get_concrete_function(
+        # autograph=False: all control flow is explicit (switch_case, map_fn).
+        return tf.function(self._serve, autograph=False).get_concrete_function(
             input_ids=spec([b, None], tf.int32, name="input_ids"),
             attention_mask=spec([b, None], tf.int32, name="attention_mask"),
             max_new_tokens=spec([], tf.int32, name="max_new_tokens"),

@@ -83,7 +83,7 @@ class PreparedCall:
     do_sample: bool
     beam_key: tuple | None  # (num_beams, num_return_sequences, num_eos_ids) for beam search
     shape_key: tuple  # everything that changes a shape: one compiled graph per value
-    rows: int  # rows the caller asked for (the arrays may hold filler rows after them)
+    rows: int  # output rows the caller gets (the arrays may hold filler rows after them)
     prompt_offset: int  # extra left-padding columns added by shape bucketing
     buffer: int  # new-token buffer width (>= max_new_tokens)
 
@@ -284,7 +284,8 @@ class LanguageModel:
         beam_key = (num_beams, nrs, len(set(eos_ids))) if num_beams > 1 else None
         return PreparedCall(ids, mask, decode_options, n_new, do_sample, beam_key,
                             shape_key=(rows, width, buffer, do_sample, beam_key, bad_ids.shape),
-                            rows=real_rows, prompt_offset=width - prompt_len, buffer=buffer)
+                            rows=real_rows * (nrs if num_beams > 1 else 1),
+                            prompt_offset=width - prompt_len, buffer=buffer)
 
     def _bucketed_shapes(self, prompt_len: int, n_new: int, batch: int) -> tuple[int, int, int]:
         """(prompt width, new-token buffer, batch) actually compiled for a call.
