@@ -204,11 +204,12 @@ early = st.sampled_from(EARLY)
 
 
 @pytest.fixture(scope="module")
-def frequent(tiny_lm):
-    """The three tokens this model generates most often from random prompts (greedy)."""
+def frequent(law_lm):
+    """The three tokens this model's beams produce most often from random prompts, before
+    the last step (so that, as EOS, they end hypotheses early)."""
     rng = np.random.default_rng(0)
     ids = rng.integers(0, VOCAB, (ROWS, WIDTH)).astype(np.int32)
-    new = tiny_lm.generate(ids, max_new_tokens=NEW, eos_token_id=[], pad_token_id=0).sequences[:, WIDTH:]
+    new = _beams(law_lm, ids, np.ones_like(ids), []).sequences[:, WIDTH:-1]
     counts = np.bincount(new.ravel(), minlength=VOCAB)
     return [int(t) for t in np.argsort(-counts, kind="stable")[:3]]
 
@@ -225,20 +226,20 @@ def _beams(lm, ids, mask, eos, *, num_beams=NB, nrs=NRS, max_new=NEW, pad=0, **k
 
 
 @pytest.fixture(scope="module")
-def one_beam(tiny_lm):
+def one_beam(law_lm):
     """``beam_search(num_beams=1)`` compiled with XLA, fed the options ``generate`` would build
     for a greedy call (``LanguageModel.prepare``). num_eos_ids=1 sizes the candidate pool for
     up to one EOS id (K = 2 either way), so one compile serves no EOS and one EOS id."""
 
     def graph(ids, mask, options):
-        return beam_module.beam_search(tiny_lm.model, ids, mask, options, NEW, num_beams=1,
+        return beam_module.beam_search(law_lm.model, ids, mask, options, NEW, num_beams=1,
                                        num_return_sequences=1, num_eos_ids=1)
 
     function = tf.function(graph, jit_compile=True, reduce_retracing=False)
 
     def run(ids, mask, eos):
         assert len(eos) <= 1
-        call = tiny_lm.prepare(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
+        call = law_lm.prepare(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
         seqs, scores, seq_scores = function(tf.constant(call.input_ids), tf.constant(call.attention_mask),
                                             call.options)
         # prepare may add left-padding columns / filler rows (shape bucketing): drop them.
@@ -250,16 +251,16 @@ def one_beam(tiny_lm):
 
 @SETTINGS
 @given(rows=batch, eos=st.sampled_from([(), (0,), (1,)]))
-def test_one_beam_equals_greedy(tiny_lm, frequent, one_beam, rows, eos):
+def test_one_beam_equals_greedy(law_lm, frequent, one_beam, rows, eos):
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
-    greedy = tiny_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0,
+    greedy = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0,
                               output_scores=True)
     seqs, scores, seq_scores = one_beam(ids, mask, eos)
     assert seqs.shape == greedy.sequences.shape
     np.testing.assert_array_equal(seqs[:, :WIDTH], ids)
     for i, row in enumerate(rows):
-        assert_same_tokens(tiny_lm, row, seqs[i, WIDTH:], greedy.sequences[i, WIDTH:], "1 beam vs greedy")
+        assert_same_tokens(law_lm, row, seqs[i, WIDTH:], greedy.sequences[i, WIDTH:], "1 beam vs greedy")
         if np.array_equal(seqs[i], greedy.sequences[i]):
             np.testing.assert_allclose(scores[i], greedy.scores[i], atol=1e-5, rtol=0)
             # length_penalty 1.0: the beam score is the mean token log-prob.
@@ -269,12 +270,12 @@ def test_one_beam_equals_greedy(tiny_lm, frequent, one_beam, rows, eos):
 
 @SETTINGS
 @given(rows=batch, eos=eos_choice, lp=penalty, early_stopping=early)
-def test_xla_equals_no_xla(tiny_lm, frequent, rows, eos, lp, early_stopping):
+def test_xla_equals_no_xla(law_lm, frequent, rows, eos, lp, early_stopping):
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
     kw = dict(length_penalty=lp, early_stopping=early_stopping)
-    xla = _beams(tiny_lm, ids, mask, eos, **kw)
-    plain = _beams(tiny_lm, ids, mask, eos, jit_compile=False, **kw)
+    xla = _beams(law_lm, ids, mask, eos, **kw)
+    plain = _beams(law_lm, ids, mask, eos, jit_compile=False, **kw)
     assert_same_beams(xla.sequences[:, WIDTH:], xla.sequences_scores, plain.sequences[:, WIDTH:],
                       plain.sequences_scores, "XLA vs no XLA")
     assert_well_formed(xla.sequences[:, WIDTH:], set(eos), 0, NEW)
@@ -282,14 +283,14 @@ def test_xla_equals_no_xla(tiny_lm, frequent, rows, eos, lp, early_stopping):
 
 @SETTINGS
 @given(rows=batch, eos=eos_choice, lp=penalty)
-def test_never_stopping_early_is_never_worse(tiny_lm, frequent, rows, eos, lp):
+def test_never_stopping_early_is_never_worse(law_lm, frequent, rows, eos, lp):
     """The live beams do not depend on early_stopping; it only decides when to stop accepting
     finished hypotheses. "never" stops only when no live beam can still enter the finished set
     (an exact bound), so rank by rank its scores are >= those of True and False; with
     length_penalty <= 0 its bound is False's, so the results are identical."""
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
-    out = {repr(m): _beams(tiny_lm, ids, mask, eos, length_penalty=lp, early_stopping=m) for m in EARLY}
+    out = {repr(m): _beams(law_lm, ids, mask, eos, length_penalty=lp, early_stopping=m) for m in EARLY}
     never = out[repr("never")].sequences_scores.reshape(ROWS, NRS)
     for mode in (True, False):
         other = out[repr(mode)].sequences_scores.reshape(ROWS, NRS)
@@ -299,9 +300,9 @@ def test_never_stopping_early_is_never_worse(tiny_lm, frequent, rows, eos, lp):
 
 
 @pytest.fixture(scope="module")
-def exact_lm(tiny_lm):
+def exact_lm(law_lm):
     """The tiny model without shape bucketing: a prompt alone is decoded at exactly its width."""
-    return LanguageModel(tiny_lm.model, bucket_shapes=False)
+    return LanguageModel(law_lm.model, bucket_shapes=False)
 
 
 # Alone, a prompt is decoded at its own width, one compile per width: two lengths only.
@@ -312,7 +313,7 @@ short_prompt = st.sampled_from([1, 4]).flatmap(
 @SETTINGS
 @given(target=short_prompt, others=st.lists(prompt, max_size=ROWS - 1), where=st.integers(0, ROWS - 1),
        lp=penalty, early_stopping=early)
-def test_padding_and_batch_composition_invariance(tiny_lm, exact_lm, frequent, target, others, where, lp,
+def test_padding_and_batch_composition_invariance(law_lm, exact_lm, frequent, target, others, where, lp,
                                                   early_stopping):
     """A prompt's beams are the same alone (unpadded, unbucketed), left-padded (to WIDTH), and
     among any neighbours (bucketing adds a filler prompt to the batch of 3)."""
@@ -324,7 +325,7 @@ def test_padding_and_batch_composition_invariance(tiny_lm, exact_lm, frequent, t
     want_new, want_scores = alone.sequences[:, len(target):], alone.sequences_scores
 
     padded_ids, padded_mask = left_pad([target], WIDTH)
-    padded = _beams(tiny_lm, padded_ids, padded_mask, eos, **kw)
+    padded = _beams(law_lm, padded_ids, padded_mask, eos, **kw)
     assert_same_beams(padded.sequences[:, WIDTH:], padded.sequences_scores, want_new, want_scores,
                       "left padding")
 
@@ -332,7 +333,7 @@ def test_padding_and_batch_composition_invariance(tiny_lm, exact_lm, frequent, t
     index = min(where, len(rows))
     rows.insert(index, target)
     ids, mask = _pad_batch(rows)
-    mixed = _beams(tiny_lm, ids, mask, eos, **kw)
+    mixed = _beams(law_lm, ids, mask, eos, **kw)
     part = slice(index * NRS, (index + 1) * NRS)
     assert_same_beams(mixed.sequences[part, WIDTH:], mixed.sequences_scores[part], want_new, want_scores,
                       "batch composition")
@@ -340,14 +341,14 @@ def test_padding_and_batch_composition_invariance(tiny_lm, exact_lm, frequent, t
 
 @SETTINGS
 @given(rows=batch, eos=eos_choice, lp=penalty, early_stopping=early)
-def test_sequence_scores_are_length_penalised_logprob_sums(tiny_lm, frequent, rows, eos, lp, early_stopping):
+def test_sequence_scores_are_length_penalised_logprob_sums(law_lm, frequent, rows, eos, lp, early_stopping):
     """sequences_scores = sum of the model's log-probs of the new tokens (through EOS) / new_length**lp,
     recomputed without cache; ``scores`` holds those per-token log-probs, 0 after the end."""
     eos = set(frequent[i] for i in eos)
     ids, mask = _pad_batch(rows)
-    out = _beams(tiny_lm, ids, mask, sorted(eos), length_penalty=lp, early_stopping=early_stopping)
+    out = _beams(law_lm, ids, mask, sorted(eos), length_penalty=lp, early_stopping=early_stopping)
     full_mask = np.concatenate([np.repeat(mask, NRS, axis=0), np.ones([ROWS * NRS, NEW], np.int32)], 1)
-    logp = _log_softmax(tiny_lm.logits(out.sequences, full_mask, jit_compile=False))
+    logp = _log_softmax(law_lm.logits(out.sequences, full_mask, jit_compile=False))
     new = out.sequences[:, WIDTH:]
     for r in range(ROWS * NRS):
         length = _end(new[r], eos)
@@ -363,10 +364,10 @@ def test_sequence_scores_are_length_penalised_logprob_sums(tiny_lm, frequent, ro
 
 @SETTINGS
 @given(rows=batch, eos=eos_choice, pad=st.sampled_from([0, 36]), lp=penalty, early_stopping=early)
-def test_finished_hypotheses_are_never_extended(tiny_lm, frequent, rows, eos, pad, lp, early_stopping):
+def test_finished_hypotheses_are_never_extended(law_lm, frequent, rows, eos, pad, lp, early_stopping):
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
-    out = _beams(tiny_lm, ids, mask, eos, pad=pad, length_penalty=lp, early_stopping=early_stopping)
+    out = _beams(law_lm, ids, mask, eos, pad=pad, length_penalty=lp, early_stopping=early_stopping)
     assert_well_formed(out.sequences[:, WIDTH:], set(eos), pad, NEW)
     assert np.isfinite(out.sequences_scores).all() and np.isfinite(out.scores).all()
     # Best first within each prompt.
@@ -374,22 +375,23 @@ def test_finished_hypotheses_are_never_extended(tiny_lm, frequent, rows, eos, pa
     assert (np.diff(by_prompt, axis=1) <= 0).all(), by_prompt
 
 
-def test_eos_really_fires_in_beam_laws(tiny_lm, frequent):
+def test_eos_really_fires_in_beam_laws(law_lm, frequent):
     """Guards the laws above against vacuity: some returned hypotheses end at EOS before the last step."""
     rng = np.random.default_rng(1)
     ids, mask = _pad_batch([[int(t) for t in rng.integers(0, VOCAB, 5)] for _ in range(ROWS)])
-    new = _beams(tiny_lm, ids, mask, [frequent[0]]).sequences[:, WIDTH:]
-    assert any(_end(row, {frequent[0]}) < NEW for row in new), new.tolist()
+    # length_penalty 0 (one of PENALTIES): ended hypotheses compete on raw log-prob sums.
+    new = _beams(law_lm, ids, mask, list(frequent), length_penalty=0.0).sequences[:, WIDTH:]
+    assert any(_end(row, set(frequent)) < NEW for row in new), new.tolist()
 
 
 @SETTINGS
 @given(rows=batch, eos=st.sampled_from([(0,), (1,)]), lp=penalty, early_stopping=early)
-def test_one_new_token_returns_the_top_next_tokens(tiny_lm, frequent, rows, eos, lp, early_stopping):
+def test_one_new_token_returns_the_top_next_tokens(law_lm, frequent, rows, eos, lp, early_stopping):
     """max_new_tokens=1: the hypotheses are the top-nrs next tokens by log-prob, best first."""
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
-    out = _beams(tiny_lm, ids, mask, eos, nrs=NB, max_new=1, length_penalty=lp, early_stopping=early_stopping)
-    logp = _log_softmax(tiny_lm.logits(ids, mask, jit_compile=False)[:, -1])
+    out = _beams(law_lm, ids, mask, eos, nrs=NB, max_new=1, length_penalty=lp, early_stopping=early_stopping)
+    logp = _log_softmax(law_lm.logits(ids, mask, jit_compile=False)[:, -1])
     want = np.argsort(-logp, axis=-1, kind="stable")[:, :NB]
     got = out.sequences[:, WIDTH].reshape(ROWS, NB)
     for i in range(ROWS):
@@ -478,14 +480,14 @@ def test_exhaustive_beams_equal_brute_force(micro_lm, rows, lp):
 # =====================================================================
 
 
-def test_beam_sampling_is_reproducible_and_well_formed(tiny_lm, frequent):
+def test_beam_sampling_is_reproducible_and_well_formed(law_lm, frequent):
     rng = np.random.default_rng(2)
     rows = [[int(t) for t in rng.integers(0, VOCAB, n)] for n in (8, 3, 5)]
     ids, mask = _pad_batch(rows)
     eos = [frequent[0]]
 
     def sample(seed):
-        return _beams(tiny_lm, ids, mask, eos, do_sample=True, seed=seed)
+        return _beams(law_lm, ids, mask, eos, do_sample=True, seed=seed)
 
     first, again = sample((1, 2)), sample((1, 2))
     np.testing.assert_array_equal(first.sequences, again.sequences)
@@ -510,9 +512,9 @@ def test_beam_sampling_is_reproducible_and_well_formed(tiny_lm, frequent):
 # =====================================================================
 
 
-def test_option_values_do_not_recompile(tiny_lm):
+def test_option_values_do_not_recompile(law_lm):
     """length_penalty, early_stopping and EOS id VALUES are tensors; the NUMBER of EOS ids is a key."""
-    lm = LanguageModel(tiny_lm.model)  # the same weights with a fresh compile cache and count
+    lm = LanguageModel(law_lm.model)  # the same weights with a fresh compile cache and count
     ids, mask = left_pad([[1, 2, 3], [4]], 3)
 
     def run(**kw):
