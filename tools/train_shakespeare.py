@@ -2,8 +2,11 @@
 
 Usage::
 
-    python tools/train_shakespeare.py --steps 2000 --batch 16 --seq-len 256 \
+    python tools/train_shakespeare.py --steps 1100 --batch 16 --seq-len 256 \
+        --warmup 80 --lr 2e-3 --eval-every 110 --ckpt-every 110 --seed 0 \
         --out data/train_run --export models/gpt2-shakespeare [--resume]
+
+    (the command that made models/gpt2-shakespeare; see its training_log.json)
 
     python tools/train_shakespeare.py --benchmark 20 ...   # tokens/s, then exit
     python tools/train_shakespeare.py --verify models/gpt2-shakespeare  # vs transformers
@@ -329,20 +332,20 @@ def parse_args(argv=None):
     p.add_argument("--n-positions", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=2000, help="total optimizer steps (fixes the schedule)")
+    p.add_argument("--steps", type=int, default=1100, help="total optimizer steps (fixes the schedule)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr")
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=80)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--beta1", type=float, default=0.9)
     p.add_argument("--beta2", type=float, default=0.95)
     p.add_argument("--eps", type=float, default=1e-8)
     p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=110)
     p.add_argument("--eval-windows", type=int, default=64, help="val windows in periodic evals")
     p.add_argument("--eval-batch", type=int, default=32)
-    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--ckpt-every", type=int, default=110)
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) at this step")
     p.add_argument("--benchmark", type=int, default=0, help="time this many steps, print tokens/s, exit")
     p.add_argument("--no-determinism", action="store_true", help="skip TF op determinism")
