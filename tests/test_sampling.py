@@ -256,6 +256,17 @@ def test_fast_top_k_path_equals_full_sort(k, p, t, seed_, ties):
                 tf.constant(t, tf.float32)).numpy()
     want = processors.temperature(tf.constant(logits), tf.constant(t))
     want = processors.top_p(processors.top_k(want, tf.constant(k)), tf.constant(p)).numpy()
-    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
-    np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=0, atol=0)
+    scaled = logits / t
+    pool_edge = -np.sort(-scaled, axis=1)[:, 255]
+    for row in range(3):
+        g, w = np.isfinite(got[row]), np.isfinite(want[row])
+        if 0 < k <= 256 and w.sum() > g.sum():
+            # The documented edge case (decoding.warp_logits): survivors tied with
+            # the 256th score outside the candidate pool are dropped.
+            dropped = w & ~g
+            assert (scaled[row][dropped] == pool_edge[row]).all(), "dropped a token that is not an edge tie"
+            assert (g <= w).all()
+        else:
+            np.testing.assert_array_equal(g, w)
+        np.testing.assert_array_equal(got[row][g], want[row][g])
     assert _warp.experimental_get_tracing_count() == 1
