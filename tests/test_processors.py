@@ -26,7 +26,7 @@ from xladecode import processors as P
 
 B, L, V = 3, 12, 17
 N_WORDS, WORD_LEN = 4, 3
-SETTINGS = settings(max_examples=25, deadline=None)
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)  # CI sees the same examples
 
 
 # ---------------------------------------------------------------------------
@@ -90,12 +90,16 @@ def assert_bit_identical(outs, logits):
 
 # Drawing many scores from a small grid makes ties (and exact zeros) common.
 SCORE_GRID = [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]
-SCORES = st.one_of(st.sampled_from(SCORE_GRID), st.floats(-10, 10, width=32))
+# No subnormals: XLA:CPU flushes them to zero (1e-45 == 0 there, not in torch),
+# a platform float mode and not a processor property.
+SCORES = st.one_of(st.sampled_from(SCORE_GRID), st.floats(-10, 10, width=32, allow_subnormal=False))
 
 
 def f32(lo, hi):
     """Python floats in [lo, hi] that are exactly representable in float32."""
-    return st.floats(lo, hi).map(lambda x: float(np.float32(x)))
+    tiny = float(np.finfo(np.float32).tiny)
+    return (st.floats(lo, hi, allow_subnormal=False).map(lambda x: float(np.float32(x)))
+            .filter(lambda v: v == 0 or abs(v) >= tiny))
 
 
 def logits_st(elements=SCORES):
