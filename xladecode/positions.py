@@ -67,3 +67,25 @@ def attention_mask(query_slots: tf.Tensor, key_mask: tf.Tensor) -> tf.Tensor:
     causal = key_slots[tf.newaxis, :] <= query_slots[:, tf.newaxis]  # [t, S]
     not_pad = tf.cast(key_mask, tf.bool)[:, tf.newaxis, tf.newaxis, :]  # [b, 1, 1, S]
     return tf.logical_and(causal[tf.newaxis, tf.newaxis], not_pad)
+
+
+def full_sequence(input_ids, attention_mask=None):
+    """Inputs for running a model over a whole (left-padded) sequence without a cache.
+
+    Args:
+      input_ids: int ``[batch, T]``.
+      attention_mask: int ``[batch, T]`` or None (no padding).
+
+    Returns:
+      ``(input_ids int32 [batch, T], positions int32 [batch, T], mask bool [batch, 1, T, T])``.
+    """
+    input_ids = tf.convert_to_tensor(input_ids, tf.int32)
+    if attention_mask is None:
+        attention_mask = tf.ones_like(input_ids)
+    mask = attention_mask_for_slots(tf.constant(0), tf.shape(input_ids)[1], attention_mask)
+    return input_ids, positions_from_mask(attention_mask), mask
+
+
+def attention_mask_for_slots(first_slot, t, key_mask):
+    """:func:`attention_mask` for ``t`` queries written at slots ``first_slot ..``."""
+    return attention_mask(tf.cast(first_slot, tf.int32) + tf.range(t), key_mask)

@@ -73,18 +73,14 @@ class RopeDecoder(tf.Module):
         return RopeCache(tf.zeros(shape), tf.zeros(shape))
 
     def step(self, input_ids, positions, cache, cache_index, key_mask):
-        query_slots = tf.cast(cache_index, tf.int32) + tf.range(tf.shape(input_ids)[1])
-        mask = pos.attention_mask(query_slots, key_mask)
+        mask = pos.attention_mask_for_slots(cache_index, tf.shape(input_ids)[1], key_mask)
         hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
         return self._head(hidden[:, -1]), cache
 
     def forward(self, input_ids, attention_mask=None):
         """All-position logits, no cache: float32 ``[batch, T, vocab]``."""
-        input_ids = tf.convert_to_tensor(input_ids, tf.int32)
-        if attention_mask is None:
-            attention_mask = tf.ones_like(input_ids)
-        mask = pos.attention_mask(tf.range(tf.shape(input_ids)[1]), attention_mask)
-        hidden, _ = self._body(input_ids, pos.positions_from_mask(attention_mask), mask)
+        input_ids, positions, mask = pos.full_sequence(input_ids, attention_mask)
+        hidden, _ = self._body(input_ids, positions, mask)
         return self._head(hidden)
 
     # ---------------------------------------------------------------- body
