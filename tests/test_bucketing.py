@@ -54,3 +54,19 @@ def test_bucketing_changes_no_result(tiny_lm, exact_lm, rows, new, sample):
             assert_same_tokens(tiny_lm, row, got[i, ids.shape[1]:], want[i, ids.shape[1]:], "bucketing")
         else:
             assert_same_sample(tiny_lm, row, got[i, ids.shape[1]:], want[i, ids.shape[1]:], (3, 4))
+
+
+def test_compiled_functions_are_bounded_lru(tiny_dir):
+    """A long-running process keeps at most max_compiled_functions graphs; the least
+    recently used is dropped (and recompiled if it comes back)."""
+    import xladecode
+    lm = xladecode.load(tiny_dir)
+    lm.max_compiled_functions = 2
+    ids = np.ones([1, 3], np.int32)
+    for new in (4, 12, 4, 20):  # buffers 8, 16, 8 (reused, now most recent), 32
+        lm.generate(ids, max_new_tokens=new)
+    assert len(lm._compiled) == 2 and lm.compile_count == 3
+    lm.generate(ids, max_new_tokens=4)  # still cached (the 16-buffer graph was dropped)
+    assert lm.compile_count == 3
+    lm.generate(ids, max_new_tokens=12)  # was evicted: compiles again
+    assert lm.compile_count == 4

@@ -113,6 +113,7 @@ class LanguageModel:
             if key in self.defaults:
                 self.defaults[key] = value
         self._compiled: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self.max_compiled_functions = MAX_COMPILED_FUNCTIONS
         self.compile_count = 0
 
     # ------------------------------------------------------------------ logits
@@ -380,7 +381,7 @@ class LanguageModel:
             return self._compiled[key]
         fn = build()
         self._compiled[key] = fn
-        if len(self._compiled) > MAX_COMPILED_FUNCTIONS:
+        if len(self._compiled) > self.max_compiled_functions:
             self._compiled.popitem(last=False)
         return fn
 
