@@ -14,6 +14,23 @@ def test_bucket_rounds_up_to_powers_of_two():
     assert [bucket(n, 1) for n in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
 
 
+@pytest.mark.parametrize("prompt, new, want", [
+    (5, 3, (16, 32)),  # floors: prompt 16, buffer 32
+    (17, 33, (32, 64)),
+    (100, 100, (128, 128)),  # exactly n_positions
+    (130, 20, (224, 32)),  # 256 + 32 do not fit: buffer kept, width fills the rest
+    (60, 150, (64, 192)),  # 64 + 256 do not fit: width kept, buffer fills the rest
+    (150, 100, (150, 106)),  # neither fits: exact width, buffer fills the rest
+    (255, 1, (255, 1)),
+])
+def test_buckets_near_the_position_limit(prompt, new, want):
+    lm = LanguageModel.__new__(LanguageModel)  # only the bucketing logic is exercised
+    lm.bucket_shapes, lm.model = True, type("Model", (), {"max_positions": 256})()
+    width, buffer, batch = lm._bucketed_shapes(prompt, new, 3)
+    assert (width, buffer, batch) == (*want, 4)
+    assert width >= prompt and buffer >= new and width + buffer <= 256
+
+
 def test_mixed_calls_compile_once_per_bucket(tiny_dir):
     import xladecode
     lm = xladecode.load(tiny_dir)
@@ -26,7 +43,7 @@ def test_mixed_calls_compile_once_per_bucket(tiny_dir):
                           top_k=int(rng.integers(0, 10)), top_p=float(rng.uniform(0.5, 1)),
                           repetition_penalty=float(rng.uniform(0.8, 1.5)), seed=(int(rng.integers(9)), 1))
         assert out.sequences.shape == (batch, length + new)
-        keys.add((bucket(batch, 1), bucket(length, 8), bucket(new, 8)))
+        keys.add(lm._bucketed_shapes(length, new, batch))
     print(f"40 mixed calls -> {lm.compile_count} compiles for {len(keys)} buckets")
     assert lm.compile_count == len(keys) < 40
 
@@ -62,11 +79,10 @@ def test_compiled_functions_are_bounded_lru(tiny_dir):
     import xladecode
     lm = xladecode.load(tiny_dir)
     lm.max_compiled_functions = 2
-    ids = np.ones([1, 3], np.int32)
-    for new in (4, 12, 4, 20):  # buffers 8, 16, 8 (reused, now most recent), 32
-        lm.generate(ids, max_new_tokens=new)
+    for batch in (1, 2, 1, 4):  # batch buckets 1, 2, 1 (reused, now most recent), 4
+        lm.generate(np.ones([batch, 3], np.int32), max_new_tokens=4)
     assert len(lm._compiled) == 2 and lm.compile_count == 3
-    lm.generate(ids, max_new_tokens=4)  # still cached (the 16-buffer graph was dropped)
+    lm.generate(np.ones([1, 3], np.int32), max_new_tokens=4)  # still cached (batch 2 was dropped)
     assert lm.compile_count == 3
-    lm.generate(ids, max_new_tokens=12)  # was evicted: compiles again
+    lm.generate(np.ones([2, 3], np.int32), max_new_tokens=4)  # was evicted: compiles again
     assert lm.compile_count == 4

@@ -23,6 +23,7 @@ from hypothesis.extra import numpy as hnp
 from transformers.generation import logits_process as hf
 
 from xladecode import processors as P
+from xladecode.decoding import DecodeOptions, process_logits
 
 B, L, V = 3, 12, 17
 N_WORDS, WORD_LEN = 4, 3
@@ -452,3 +453,57 @@ def test_masks_from_ids():
 def test_docstring_examples():
     result = doctest.testmod(P, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted >= 15
+
+
+# ---------------------------------------------------------------------------
+# The composed chain the decoder runs (decoding.process_logits)
+# ---------------------------------------------------------------------------
+
+
+def _chain_without_skips(logits, tokens, token_mask, cur_len, step, o):
+    """Every processor applied unconditionally, in transformers' order: the reference."""
+    logits = P.repetition_penalty(logits, tokens, token_mask, o.repetition_penalty)
+    logits = P.no_repeat_ngram(logits, tokens, token_mask, cur_len, o.no_repeat_ngram_size)
+    logits = P.bad_words(logits, tokens, token_mask, cur_len, o.bad_words_ids, o.bad_words_lengths)
+    logits = P.min_new_tokens(logits, step, o.min_new_tokens, o.eos_mask)
+    logits = P.suppress_tokens(logits, o.suppress_mask)
+    forced = P.forced_eos(logits, step, o.max_new_tokens, o.forced_eos_mask)
+    return tf.where(tf.reduce_any(o.forced_eos_mask), forced, logits)
+
+
+_PROCESS_XLA = tf.function(process_logits, jit_compile=True)
+
+
+@SETTINGS
+@given(
+    logits=logits_st(),
+    prefix=prefixes(alphabet=4),
+    penalty=st.sampled_from([1.0, 1.5, 0.7]),
+    n=st.sampled_from([0, 1, 2, 3]),
+    min_new=st.sampled_from([0, 3]),
+    step=st.integers(0, 4),
+    suppress=st.lists(st.integers(0, V - 1), max_size=3),
+    forced=st.lists(st.integers(0, V - 1), max_size=2),
+    words=st.sampled_from([None, [[2], [3, 4]]]),
+)
+def test_skipping_off_processors_changes_nothing(logits, prefix, penalty, n, min_new, step, suppress,
+                                                 forced, words):
+    """process_logits skips processors whose option is off; the result equals running them all."""
+    tokens, token_mask, cur_len = prefix
+    eos = P.eos_mask_from_ids([5], V)
+    if words is None:
+        bad_ids, bad_lengths = np.zeros([0, 1], np.int32), np.zeros([0], np.int32)
+    else:
+        bad_ids, bad_lengths = P.pack_bad_words(words, V)
+    zeros = {f: tf.zeros([]) for f in DecodeOptions._fields}
+    options = DecodeOptions(**(zeros | dict(
+        max_new_tokens=tf.constant(5), eos_mask=tf.constant(eos), min_new_tokens=tf.constant(min_new),
+        forced_eos_mask=tf.constant(P.vocab_mask_from_ids(forced, V)),
+        suppress_mask=tf.constant(P.vocab_mask_from_ids(suppress, V)),
+        repetition_penalty=tf.constant(penalty, tf.float32), no_repeat_ngram_size=tf.constant(n),
+        bad_words_ids=tf.constant(bad_ids), bad_words_lengths=tf.constant(bad_lengths))))
+    args = (tf.constant(logits), tf.constant(tokens), tf.constant(token_mask), tf.constant(cur_len),
+            tf.constant(step), options)
+    want = _chain_without_skips(*args).numpy()
+    np.testing.assert_array_equal(process_logits(*args).numpy(), want)
+    np.testing.assert_array_equal(_PROCESS_XLA(*args).numpy(), want)

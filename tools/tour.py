@@ -73,9 +73,9 @@ def main():
         lm.generate(ids, do_sample=True, temperature=t, top_p=t, seed=(int(t * 10), 1), **greedy)
     print(f"lm.generate with new temperature/top_p/seed values -> new compiles: {lm.compile_count - before}")
     lm.generate(ids[:, :7], do_sample=True, seed=(0, 1), **greedy)
-    print(f"a prompt one token shorter (same length bucket, 8) -> new compiles: {lm.compile_count - before}")
-    lm.generate(np.tile(ids, (1, 2)), do_sample=True, seed=(0, 1), **greedy)
-    print(f"a 16-token prompt (next bucket) -> new compiles: {lm.compile_count - before}")
+    print(f"a prompt one token shorter (same length bucket, 16) -> new compiles: {lm.compile_count - before}")
+    lm.generate(np.tile(ids, (1, 3))[:, :17], do_sample=True, seed=(0, 1), **greedy)
+    print(f"a 17-token prompt (next bucket, 32) -> new compiles: {lm.compile_count - before}")
 
     section("3. A fixed-size cache written in place  (kv_cache.write)")
     cache = tf.zeros([1, 1, 4, 1])

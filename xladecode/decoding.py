@@ -88,15 +88,31 @@ def process_logits(logits, tokens, token_mask, cur_len, step, options: DecodeOpt
 
     Returns:
       float32 ``[B, V]``; forbidden tokens are ``-inf``.
+
+    Speed: a processor that is off (``repetition_penalty == 1``,
+    ``no_repeat_ngram_size == 0``, ...) is skipped with a ``tf.cond`` on its
+    option *value*, so it costs nothing per step yet switching it on needs no
+    recompile. This matters: the three "which ids occur in this row" processors
+    each scatter into a ``[B, V + 1]`` table every step.
     """
-    logits = processors.repetition_penalty(logits, tokens, token_mask, options.repetition_penalty)
-    logits = processors.no_repeat_ngram(logits, tokens, token_mask, cur_len, options.no_repeat_ngram_size)
-    logits = processors.bad_words(logits, tokens, token_mask, cur_len,
-                                  options.bad_words_ids, options.bad_words_lengths)
-    logits = processors.min_new_tokens(logits, step, options.min_new_tokens, options.eos_mask)
-    logits = processors.suppress_tokens(logits, options.suppress_mask)
-    forced = processors.forced_eos(logits, step, options.max_new_tokens, options.forced_eos_mask)
-    return tf.where(tf.reduce_any(options.forced_eos_mask), forced, logits)
+    o = options
+    logits = _when(o.repetition_penalty != 1.0, logits, lambda x: processors.repetition_penalty(
+        x, tokens, token_mask, o.repetition_penalty))
+    logits = _when(o.no_repeat_ngram_size > 0, logits, lambda x: processors.no_repeat_ngram(
+        x, tokens, token_mask, cur_len, o.no_repeat_ngram_size))
+    if o.bad_words_ids.shape[0] != 0:  # no bad words is a shape: nothing to trace
+        logits = processors.bad_words(logits, tokens, token_mask, cur_len, o.bad_words_ids, o.bad_words_lengths)
+    logits = _when(step < o.min_new_tokens, logits, lambda x: processors.min_new_tokens(
+        x, step, o.min_new_tokens, o.eos_mask))
+    logits = _when(tf.reduce_any(o.suppress_mask), logits, lambda x: processors.suppress_tokens(
+        x, o.suppress_mask))
+    last_step = tf.logical_and(tf.reduce_any(o.forced_eos_mask), step == o.max_new_tokens - 1)
+    return _when(last_step, logits, lambda x: processors.forced_eos(x, step, o.max_new_tokens, o.forced_eos_mask))
+
+
+def _when(active, logits, processor):
+    """``processor(logits)`` if the boolean scalar tensor ``active``, else ``logits`` untouched."""
+    return tf.cond(active, lambda: processor(logits), lambda: logits)
 
 
 #: Candidate pool of the fast top-k path in :func:`warp_logits`.
@@ -172,7 +188,8 @@ def choose_tokens(processed, options: DecodeOptions, keys, step, do_sample: bool
         use_greedy = options.temperature <= 0
         tokens = tf.where(use_greedy, greedy, sampled)
         chosen_from = tf.where(use_greedy, processed, warped)
-    logprobs = tf.gather(tf.nn.log_softmax(chosen_from), tokens, batch_dims=1)
+    # log_softmax(x)[token] without writing out the whole [B, V] log_softmax.
+    logprobs = tf.gather(chosen_from, tokens, batch_dims=1) - tf.reduce_logsumexp(chosen_from, axis=-1)
     return tokens, logprobs
 
 

@@ -47,9 +47,15 @@ def bucket(n: int, minimum: int) -> int:
     return size
 
 
+#: Floors of the shape buckets (see ``LanguageModel._bucketed_shapes``).
+PROMPT_BUCKET_MIN = 16
+BUFFER_BUCKET_MIN = 32
+
 #: How many compiled generation functions a LanguageModel keeps (least
 #: recently used are dropped), so a long-running process cannot grow forever.
-MAX_COMPILED_FUNCTIONS = 32
+#: Each one holds its traced graph and XLA executable: measured ~35 MB on the
+#: default model (tools/compile_count.py prints the process RSS).
+MAX_COMPILED_FUNCTIONS = 64
 
 
 @dataclasses.dataclass
@@ -291,16 +297,34 @@ class LanguageModel:
     def _bucketed_shapes(self, prompt_len: int, n_new: int, batch: int) -> tuple[int, int, int]:
         """(prompt width, new-token buffer, batch) actually compiled for a call.
 
-        Shapes are rounded up to powers of two (prompt >= 8, buffer >= 8) so a
-        stream of calls with varied lengths and batch sizes compiles a handful
-        of graphs, not one per call; ``max_new_tokens`` is a tensor bound
-        inside the buffer. Everything still fits in ``n_positions``.
+        Shapes are rounded up to powers of two so a stream of calls with varied
+        lengths and batch sizes compiles a handful of graphs, not one per call;
+        ``max_new_tokens`` is a tensor bound inside the buffer. The buffer's
+        floor (32) is higher than the prompt's (16) because a wider buffer is
+        nearly free -- the loop still stops after ``max_new_tokens`` steps, only
+        the masked cache grows -- while a wider prompt costs prefill work.
+
+        Near ``n_positions`` the two buckets may not fit together; the graph
+        then spans exactly ``n_positions`` with one side still bucketed, so
+        long calls, too, share a few graphs::
+
+            n_positions 256, prompt 100, 20 new  -> (128, 32)    both bucketed
+            n_positions 256, prompt 100, 100 new -> (128, 128)   both bucketed
+            n_positions 256, prompt 60, 150 new  -> (64, 192)    256 - 64: width kept
+            n_positions 256, prompt 150, 100 new -> (150, 106)   neither bucket fits:
+                                                             width exact, rest to the buffer
         """
         if not self.bucket_shapes:
             return prompt_len, n_new, batch
         limit = self.model.max_positions
-        width = max(prompt_len, min(bucket(prompt_len, 8), limit - n_new))
-        buffer = max(n_new, min(bucket(n_new, 8), limit - width))
+        width, buffer = bucket(prompt_len, PROMPT_BUCKET_MIN), bucket(n_new, BUFFER_BUCKET_MIN)
+        if width + buffer > limit:
+            if limit - buffer >= prompt_len:
+                width = limit - buffer
+            elif limit - width >= n_new:
+                buffer = limit - width
+            else:
+                width, buffer = prompt_len, limit - prompt_len
         return width, buffer, bucket(batch, 1)
 
     def _build_generate(self, n_new, do_sample, beam_key, jit_compile):
