@@ -96,6 +96,13 @@ def _activation(name: str):
     return tf.nn.silu  # "silu" / "swish"; config.py refuses anything else
 
 
+def _dim(x, axis):
+    """Size of ``x`` along ``axis``: a Python int when static (always, in our
+    graphs), else a tensor. Static sizes keep ``Shape``/``StridedSlice``/``Pack``
+    ops out of the graph, which makes tracing and XLA lowering faster."""
+    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
+
+
 def _layer_norm(x, gain, bias, eps):
     # Statistics in float32 whatever the weight dtype.
     x = tf.cast(x, tf.float32)
@@ -148,7 +155,7 @@ class GPT2(tf.Module):
 
     def step(self, input_ids, positions, cache, cache_index, key_mask):
         """See ``protocol.DecoderModel.step``. Returns last-position logits [batch, vocab]."""
-        mask = pos.attention_mask_for_slots(cache_index, tf.shape(input_ids)[1], key_mask)
+        mask = pos.attention_mask_for_slots(cache_index, _dim(input_ids, 1), key_mask)
         hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
         return self._lm_head(hidden[:, -1, :]), cache
 
@@ -200,10 +207,8 @@ class GPT2(tf.Module):
         """Fused projection, split into heads: three ``[b, heads, t, head_dim]``."""
         c = self.config
         qkv = self._linear(h, p + "attn.c_attn")  # [b, t, 3C]
-        b, t = tf.shape(qkv)[0], tf.shape(qkv)[1]
-        qkv = tf.reshape(qkv, [b, t, 3, c.n_head, c.head_dim])
-        qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, b, heads, t, head_dim]
-        return qkv[0], qkv[1], qkv[2]
+        qkv = tf.reshape(qkv, [_dim(qkv, 0), _dim(qkv, 1), 3, c.n_head, c.head_dim])
+        return tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # 3 x [b, heads, t, head_dim]
 
     def _attention(self, q, k, v, mask, layer, p):
         """Masked softmax attention; q ``[b,h,t,d]``, k/v ``[b,h,S,d]``, mask ``[b,1,t,S]``."""
@@ -220,8 +225,7 @@ class GPT2(tf.Module):
         scores = tf.where(mask, scores, tf.float32.min)
         probs = tf.nn.softmax(scores, axis=-1)
         out = tf.einsum("bhts,bhsd->bhtd", probs, tf.cast(v, tf.float32))
-        b, t = tf.shape(out)[0], tf.shape(out)[2]
-        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, c.n_embd])
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [_dim(out, 0), _dim(out, 2), c.n_embd])
         return self._linear(out, p + "attn.c_proj")
 
     def _mlp(self, h, p):
