@@ -187,3 +187,19 @@ def test_small_model_of_a_real_size_runs(tmp_path):
     model = GPT2(GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=1000))
     logits = model.forward(np.asarray([[1, 2, 3]], np.int32))
     assert logits.shape == (1, 3, 1000) and np.isfinite(logits.numpy()).all()
+
+
+def test_hf_weights_give_the_checkpoint_back_although_wte_is_stored_transposed(ckpt):
+    """GPT2 keeps wte as [n_embd, vocab] (STORED_TRANSPOSED); hf_weights() undoes it exactly."""
+    from xladecode.checkpoint import read_weights
+    from xladecode.gpt2 import STORED_TRANSPOSED, map_hf_weights
+
+    folder, _ = ckpt
+    model = GPT2.from_pretrained(folder)
+    want = map_hf_weights(model.config, read_weights(folder))
+    got = model.hf_weights()
+    assert set(got) == set(want)
+    for name, array in want.items():
+        np.testing.assert_array_equal(got[name], np.asarray(array, np.float32), err_msg=name)
+    assert model.weights["wte.weight"].shape == (model.config.n_embd, model.config.vocab_size)
+    assert "wte.weight" in STORED_TRANSPOSED

@@ -18,6 +18,10 @@ formulations, interleaved so machine noise hits all of them alike:
                                 fuses into the reduction, so only bf16 bytes are read;
 * ``numpy f32 (BLAS)``       -- the same products through numpy, a roofline reference.
 
+It also times the LM head alone in the two layouts of the embedding matrix:
+HF's ``[vocab, n_embd]`` (``x @ W^T``) and the transposed ``[n_embd, vocab]``
+that ``gpt2.STORED_TRANSPOSED`` keeps.
+
 It prints the median time per chain and the bytes it had to stream. On our
 2-core AVX-512 machine (TF 2.21) every narrow formulation was SLOWER than
 float32: XLA:CPU widens the weights to f32 before its dot, or emits a
@@ -42,12 +46,12 @@ SHAPES = [(EMBD, 3 * EMBD), (EMBD, EMBD), (EMBD, 4 * EMBD), (4 * EMBD, EMBD)]  #
 INT8_SCALE = 3000.0  # weights are N(0, 0.02): x3000 spreads them over the int8 range
 
 
-def chain(dot, blocks, head, x):
+def chain(dot, blocks, head, x, relu=tf.nn.relu):
     """x [M, 768] through every block matrix (with residual adds) and the head."""
     for w_qkv, w_proj, w_fc, w_out in blocks:
         x = x + dot(x, w_qkv)[:, :EMBD]
         x = x + dot(x, w_proj)
-        x = x + dot(tf.nn.relu(dot(x, w_fc)), w_out)
+        x = x + dot(relu(dot(x, w_fc)), w_out)
     return dot(x, head)
 
 
@@ -120,7 +124,8 @@ def main():
             fn(x).numpy()  # compile
             fns[name] = fn
         np_x = x.numpy()
-        fns["numpy f32 (BLAS)"] = lambda _: chain(lambda a, w: a @ w, f32_blocks, f32_head, np_x)
+        fns["numpy f32 (BLAS)"] = lambda _: chain(lambda a, w: a @ w, f32_blocks, f32_head, np_x,
+                                                  relu=lambda a: np.maximum(a, 0))
         times = {name: [] for name in fns}
         for _ in range(args.rounds):
             for name, fn in fns.items():
@@ -134,6 +139,21 @@ def main():
             ms = float(np.median(ts)) * 1e3
             print(f"  {name:18s} {ms:7.2f} ms   {n_weights * width / 1e6:5.0f} MB streamed   "
                   f"{n_weights * width / ms / 1e6:5.1f} GB/s effective")
+        heads = {"head [V, C]^T (HF)": (tf.constant(np.ascontiguousarray(f32_head.T)), True),
+                 "head [C, V]": (f32[1], False)}
+        head_times = {name: [] for name in heads}
+        head_fns = {name: tf.function(lambda x, w=w, t=t: tf.matmul(x, w, transpose_b=t), jit_compile=True)
+                    for name, (w, t) in heads.items()}
+        for fn in head_fns.values():
+            fn(x).numpy()
+        for _ in range(args.rounds):
+            for name, fn in head_fns.items():
+                for _ in range(10):
+                    start = time.perf_counter()
+                    fn(x).numpy()
+                    head_times[name].append(time.perf_counter() - start)
+        for name, ts in head_times.items():
+            print(f"  LM head alone, {name:18s} {float(np.median(ts)) * 1e3:6.2f} ms")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,10 @@ def main():
         if lm.compile_count > before and key in seen:
             print(f"call {i}: bucket {key} traced again (first traced by call {seen[key]})")
         seen.setdefault(key, i)
+    rss_mb = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
     print(f"{args.calls} mixed calls: {lm.compile_count} traces for {len(seen)} shape buckets "
-          f"({time.perf_counter() - start:.0f} s)")
+          f"({time.perf_counter() - start:.0f} s); {len(lm._compiled)} compiled functions kept "
+          f"(cap {lm.max_compiled_functions}); process RSS {rss_mb} MB")
 
 
 if __name__ == "__main__":

@@ -270,8 +270,7 @@ class Trainer(tf.Module):
         folder.mkdir(parents=True, exist_ok=True)
         cfg = self.model.config
         (folder / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
-        tensors = {"transformer." + n: p.numpy().astype(np.float16)
-                   for n, p in zip(self.names, self.params)}
+        tensors = {"transformer." + n: a.astype(np.float16) for n, a in self.model.hf_weights().items()}
         write_safetensors(folder / "model.safetensors", tensors, {"format": "pt"})
         (folder / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
         return (folder / "model.safetensors").stat().st_size

@@ -164,6 +164,6 @@ def _model_in_scope(model, strategy: tf.distribute.Strategy):
     if not isinstance(model, GPT2):
         raise TypeError(f"cannot mirror a {type(model).__name__}: only GPT2 weights are copied into "
                         "the strategy's scope; create your model under `with strategy.scope():` instead")
-    weights = {name: variable.numpy() for name, variable in model.weights.items()}
+    weights = model.hf_weights()
     with strategy.scope():  # every tf.Variable made here is a MirroredVariable (one copy per replica)
         return GPT2(model.config, weights, dtype=model.dtype)
