@@ -92,8 +92,8 @@ def process_logits(logits, tokens, token_mask, cur_len, step, options: DecodeOpt
     Speed: a processor that is off (``repetition_penalty == 1``,
     ``no_repeat_ngram_size == 0``, ...) is skipped with a ``tf.cond`` on its
     option *value*, so it costs nothing per step yet switching it on needs no
-    recompile. This matters: the three "which ids occur in this row" processors
-    each scatter into a ``[B, V + 1]`` table every step.
+    recompile. (Measured on gpt2-small: within noise under XLA, which already
+    fused the off processors well; a large gain with ``jit_compile=False``.)
     """
     o = options
     logits = _when(o.repetition_penalty != 1.0, logits, lambda x: processors.repetition_penalty(
