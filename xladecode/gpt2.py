@@ -180,27 +180,44 @@ class GPT2(tf.Module):
         return self._lm_head(hidden[:, -1, :]), cache
 
     # ------------------------------------------------------------ full forward
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, dropout_rate: float = 0.0, dropout_seed=None,
+                vocab_subset=None):
         """All-position logits without a cache.
 
         Args:
           input_ids: int32 ``[batch, T]``.
           attention_mask: int ``[batch, T]`` (left padding) or None (no padding).
+          dropout_rate: training only: the share of activations zeroed after
+            the embeddings and on each residual branch (GPT-2's
+            ``embd_pdrop`` / ``resid_pdrop``). 0 (the default) is inference.
+          dropout_seed: int32 ``[2]``, the stateless seed of the dropout
+            masks (one training step's seed), needed when ``dropout_rate > 0``.
+          vocab_subset: training only: int32 ``[V']`` token ids; the logits
+            are then computed for these ids only (the LM head is most of a
+            small model's compute, and a corpus uses a fraction of the vocab).
 
         Returns:
-          float32 ``[batch, T, vocab]``.
+          float32 ``[batch, T, vocab]`` (``[batch, T, V']`` with ``vocab_subset``).
         """
         input_ids, positions, mask = pos.full_sequence(input_ids, attention_mask)
-        hidden, _ = self._body(input_ids, positions, mask)
-        return self._lm_head(hidden)
+        drop = _no_dropout
+        if dropout_rate > 0.0:
+            def drop(x, site):  # a different, reproducible mask at every site
+                seed = tf.random.experimental.stateless_fold_in(dropout_seed, site)
+                return tf.nn.experimental.stateless_dropout(x, dropout_rate, seed)
+        hidden, _ = self._body(input_ids, positions, mask, drop=drop)
+        return self._lm_head(hidden, vocab_subset)
 
     # ---------------------------------------------------------------- the body
-    def _body(self, input_ids, positions, mask, cache=None, cache_index=None):
-        """Embeddings, n_layer blocks, final layer norm. Returns (hidden [b,t,C] fp32, cache)."""
+    def _body(self, input_ids, positions, mask, cache=None, cache_index=None, drop=None):
+        """Embeddings, n_layer blocks, final layer norm. Returns (hidden [b,t,C] fp32, cache).
+
+        ``drop(x, site)`` is training's dropout (see :meth:`forward`); None at inference."""
+        drop = drop or _no_dropout
         c, w = self.config, self.weights
         tokens = tf.transpose(tf.gather(w["wte.weight"], input_ids, axis=1), [1, 2, 0])  # [C, b, t] -> [b, t, C]
         x = tokens + tf.gather(w["wpe.weight"], positions)
-        x = tf.cast(x, tf.float32)
+        x = drop(tf.cast(x, tf.float32), 0)
         keys, values = [], []
         for i in range(c.n_layer):
             p = f"h.{i}."
@@ -211,9 +228,9 @@ class GPT2(tf.Module):
                 v = kv_cache.write(cache.values[i], v, cache_index)
                 keys.append(k)
                 values.append(v)
-            x = x + self._attention(q, k, v, mask, i, p)
+            x = x + drop(self._attention(q, k, v, mask, i, p), 2 * i + 1)
             h = _layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], c.layer_norm_epsilon)
-            x = x + self._mlp(h, p)
+            x = x + drop(self._mlp(h, p), 2 * i + 2)
         x = _layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], c.layer_norm_epsilon)
         new_cache = kv_cache.KVCache(tuple(keys), tuple(values)) if cache is not None else None
         return x, new_cache
@@ -252,11 +269,18 @@ class GPT2(tf.Module):
     def _mlp(self, h, p):
         return self._linear(self._act(self._linear(h, p + "mlp.c_fc")), p + "mlp.c_proj")
 
-    def _lm_head(self, hidden):
-        """``[..., C]`` -> float32 ``[..., vocab]`` logits."""
+    def _lm_head(self, hidden, vocab_subset=None):
+        """``[..., C]`` -> float32 ``[..., vocab]`` logits (``[..., V']`` for a subset)."""
         head = self.weights["wte.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # [C, V]
+        if vocab_subset is not None:
+            head = tf.gather(head, vocab_subset, axis=1)
         logits = tf.matmul(tf.cast(hidden, self.dtype), head)
         return tf.cast(logits, tf.float32)
+
+
+def _no_dropout(x, site):
+    """Inference: activations pass unchanged."""
+    return x
 
 
 def _random_init(shapes: dict[str, tuple[int, ...]], seed: int, std: float) -> dict[str, np.ndarray]:
