@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 import pytest
 
 from laws import assert_same_sample, assert_same_tokens, left_pad
-from xladecode.lm import LanguageModel, bucket
+from xladecode.plan import bucket, plan_shapes
 
 
 def test_bucket_rounds_up_to_powers_of_two():
@@ -24,11 +24,9 @@ def test_bucket_rounds_up_to_powers_of_two():
     (255, 1, (255, 1)),
 ])
 def test_buckets_near_the_position_limit(prompt, new, want):
-    lm = LanguageModel.__new__(LanguageModel)  # only the bucketing logic is exercised
-    lm.bucket_shapes, lm.model = True, type("Model", (), {"max_positions": 256})()
-    width, buffer, batch = lm._bucketed_shapes(prompt, new, 3)
-    assert (width, buffer, batch) == (*want, 4)
-    assert width >= prompt and buffer >= new and width + buffer <= 256
+    plan = plan_shapes(batch=3, prompt_len=prompt, max_new_tokens=new, max_positions=256)
+    assert (plan.width, plan.buffer, plan.compiled_batch) == (*want, 4)
+    assert plan.width >= prompt and plan.buffer >= new and plan.width + plan.buffer <= 256
 
 
 def test_mixed_calls_compile_once_per_bucket(tiny_dir):
@@ -43,7 +41,7 @@ def test_mixed_calls_compile_once_per_bucket(tiny_dir):
                           top_k=int(rng.integers(0, 10)), top_p=float(rng.uniform(0.5, 1)),
                           repetition_penalty=float(rng.uniform(0.8, 1.5)), seed=(int(rng.integers(9)), 1))
         assert out.sequences.shape == (batch, length + new)
-        keys.add(lm._bucketed_shapes(length, new, batch))
+        keys.add(lm.prepare(ids, max_new_tokens=new).compile_key[:3])
     print(f"40 mixed calls -> {lm.compile_count} compiles for {len(keys)} buckets")
     assert lm.compile_count == len(keys) < 40
 
@@ -81,7 +79,7 @@ def test_compiled_functions_are_bounded_lru(tiny_dir):
     lm.max_compiled_functions = 2
     for batch in (1, 2, 1, 4):  # batch buckets 1, 2, 1 (reused, now most recent), 4
         lm.generate(np.ones([batch, 3], np.int32), max_new_tokens=4)
-    assert len(lm._compiled) == 2 and lm.compile_count == 3
+    assert len(lm.functions) == 2 and lm.compile_count == 3
     lm.generate(np.ones([1, 3], np.int32), max_new_tokens=4)  # still cached (batch 2 was dropped)
     assert lm.compile_count == 3
     lm.generate(np.ones([2, 3], np.int32), max_new_tokens=4)  # was evicted: compiles again

@@ -29,6 +29,8 @@ _TWO_REPLICAS = textwrap.dedent("""
     from xladecode.distribute import distributed, generate_distributed
 
     lm = xladecode.load(sys.argv[1])
+    lm.max_compiled_functions = 7  # settings the distributed model must keep
+    lm.defaults = lm.defaults.merged(top_p=0.9)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 37, (5, 6)).astype(np.int32)  # 5 rows: not a multiple of 2 replicas
@@ -44,7 +46,10 @@ _TWO_REPLICAS = textwrap.dedent("""
         report[name] = {"equal": bool((one.sequences == two.sequences).all()),
                         "shape": list(two.sequences.shape),
                         "score_diff": float(np.abs(one.scores - two.scores).max())}
-    weights = distributed(lm, strategy).model.weights["wte.weight"]
+    d = distributed(lm, strategy)
+    report["settings"] = [d.max_compiled_functions, d.bucket_shapes == lm.bucket_shapes,
+                          d.defaults == lm.defaults, d.tokenizer is lm.tokenizer]
+    weights = d.model.weights["wte.weight"]
     report["weights"] = type(weights).__name__
     report["devices"] = [v.device for v in strategy.experimental_local_results(weights)]
     print(json.dumps(report))
@@ -61,5 +66,6 @@ def test_two_replicas_equal_one_device_row_for_row(tiny_dir):
         assert report[name]["equal"], report
         assert report[name]["shape"] == [5, 13]  # the padding row is dropped
         assert report[name]["score_diff"] < 1e-4
+    assert report["settings"] == [7, True, True, True]  # the wrapped model's settings are kept
     assert report["weights"] == "MirroredVariable"
     assert [d.rsplit(":", 2)[-2:] for d in report["devices"]] == [["CPU", "0"], ["CPU", "1"]]

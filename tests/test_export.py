@@ -62,10 +62,14 @@ _FRESH = textwrap.dedent("""
 """)
 
 
-def _call(ids, mask, max_new_tokens, seed, temperature=1.0, top_k=20, top_p=1.0):
-    return dict(input_ids=np.asarray(ids).tolist(), attention_mask=np.asarray(mask).tolist(),
-                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                seed=np.asarray(seed).tolist())
+def _call(ids, mask, max_new_tokens, seed=None, temperature=1.0, top_k=20, top_p=1.0):
+    """A request; without ``seed`` a greedy/beam one (those signatures take no sampling inputs)."""
+    call = dict(input_ids=np.asarray(ids).tolist(), attention_mask=np.asarray(mask).tolist(),
+                max_new_tokens=max_new_tokens)
+    if seed is not None:  # one seed pair per row: [batch, 2]
+        seeds = np.broadcast_to(np.asarray(seed), (len(call["input_ids"]), 2))
+        call.update(temperature=temperature, top_k=top_k, top_p=top_p, seed=seeds.tolist())
+    return call
 
 
 def _saved_model_cli():
@@ -104,7 +108,7 @@ def test_exported_models_match_generate_in_a_fresh_process(text_lm, tiny_dir, ti
         "sample": {"path": str(sample_dir), "calls": [
             _call(ids, mask, 6, [1, 2]), _call(ids, mask, 6, row_seeds), _call(ids, mask, 6, [1, 2], 0.0),
             _call(ids, mask, 3, [1, 2])]},
-        "greedy": {"path": str(greedy_dir), "calls": [_call(tiny_ids, tiny_mask, 7, [0, 0])]},
+        "greedy": {"path": str(greedy_dir), "calls": [_call(tiny_ids, tiny_mask, 7)]},
     }
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     show = subprocess.Popen([*_saved_model_cli(), "show", "--all", "--dir", str(sample_dir)],

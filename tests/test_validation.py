@@ -29,7 +29,7 @@ CASES = [
     (dict(input_ids=[["a", "b"]]), r"input_ids=.*integers"),
     # sampling options
     (dict(do_sample=True, temperature=-0.5), r"temperature=-0.5.*>= 0"),
-    (dict(do_sample=True, temperature=math.nan), r"temperature=nan.*not NaN"),
+    (dict(do_sample=True, temperature=math.nan), r"temperature=nan.*finite"),
     (dict(do_sample=True, top_p=0.0), r"top_p=0.0.*> 0"),
     (dict(do_sample=True, top_p=1.5), r"top_p=1.5.*<= 1"),
     (dict(do_sample=True, top_k=-1), r"top_k=-1.*>= 0"),

@@ -38,7 +38,7 @@ def main():
                        top_p=float(rng.uniform(0.5, 1)), repetition_penalty=float(rng.uniform(1, 1.3)),
                        seed=(i, 0), min_new_tokens=int(rng.integers(0, 3)),
                        no_repeat_ngram_size=int(rng.integers(0, 4)))
-        key = lm.prepare(ids, **options).shape_key
+        key = lm.prepare(ids, **options).compile_key
         before = lm.compile_count
         lm.generate(ids, **options)
         if lm.compile_count > before and key in seen:
@@ -46,7 +46,7 @@ def main():
         seen.setdefault(key, i)
     rss_mb = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
     print(f"{args.calls} mixed calls: {lm.compile_count} traces for {len(seen)} shape buckets "
-          f"({time.perf_counter() - start:.0f} s); {len(lm._compiled)} compiled functions kept "
+          f"({time.perf_counter() - start:.0f} s); {len(lm.functions)} compiled functions kept "
           f"(cap {lm.max_compiled_functions}); process RSS {rss_mb} MB")
 
 

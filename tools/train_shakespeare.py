@@ -84,6 +84,11 @@ TRAJECTORY_FLAGS = ("n_layer", "n_head", "n_embd", "n_positions", "seq_len", "ba
                     "clip", "seed", "data")
 
 
+# Flags that only shape the learning-rate schedule: --change-schedule lets a
+# resumed run change them (recorded in the log as a schedule change).
+SCHEDULE_FLAGS = ("steps", "lr", "min_lr_ratio", "warmup")
+
+
 # ----------------------------------------------------------------- safetensors
 _ST_DTYPES = {np.dtype("float16"): "F16", np.dtype("float32"): "F32"}
 
@@ -264,8 +269,8 @@ class Trainer(tf.Module):
 
         With ``--train-vocab corpus`` those rows of the tied embedding never
         received a gradient, so their logits are arbitrary. Each gets
-        ``-beta * e_bar`` (``e_bar``: mean embedding of the trained tokens, so
-        the unseen logits sit below the typical trained ones), with ``beta``
+        ``-beta * e_bar`` (``e_bar``: mean embedding of the trained tokens),
+        with the sign of ``beta`` that lowers the unseen logits and its size
         bisected until the model's average probability of an unseen token on
         ``windows`` (training windows) equals ``target_mass``: the Good-Turing
         estimate of the probability of a new token, singletons / tokens in
@@ -282,12 +287,16 @@ class Trainer(tf.Module):
                                   columns.reshape(-1))
             return float(self.unseen_mass_step(windows[:, :-1], unseen).numpy())
 
+        # The sign that lowers the unseen logits depends on how the trained
+        # hidden states sit against e_bar: try both, then bisect the magnitude.
+        sign = 1.0 if mass(1.0) <= mass(-1.0) else -1.0
         low, high = 0.0, 1.0
-        while mass(high) > target_mass and high < 1e6:
+        while mass(sign * high) > target_mass and high < 1e6:
             low, high = high, high * 4
         for _ in range(30):
             mid = 0.5 * (low + high)
-            low, high = (mid, high) if mass(mid) > target_mass else (low, mid)
+            low, high = (mid, high) if mass(sign * mid) > target_mass else (low, mid)
+        high *= sign
         final = mass(high)
         return {"unseen_tokens": int(len(unseen)), "target_mass_good_turing": target_mass,
                 "beta": round(high, 4), "mean_unseen_mass_on_train": final}
@@ -402,6 +411,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--ckpt-every", type=int, default=110)
     p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) at this step")
+    p.add_argument("--change-schedule", action="store_true",
+                   help="with --resume: allow new --steps/--lr/--min-lr-ratio/--warmup from the checkpoint's "
+                        "step on (recorded in the log)")
     p.add_argument("--benchmark", type=int, default=0, help="time this many steps, print tokens/s, exit")
     p.add_argument("--no-determinism", action="store_true", help="skip TF op determinism")
     p.add_argument("--verify", default=None, metavar="FOLDER",
@@ -475,9 +487,16 @@ def main(argv=None):
         if not state_path.is_file():
             raise SystemExit(f"--resume: no checkpoint at {state_path}")
         saved = trainer.load(state_path, rng)
-        changed = {k: (saved["args"][k], v) for k, v in run["args"].items() if saved["args"].get(k) != v}
-        if changed:
-            raise SystemExit(f"--resume: flags differ from the checkpoint (saved, now): {changed}")
+        changed = {k: (saved["args"].get(k), v) for k, v in run["args"].items() if saved["args"].get(k) != v}
+        schedule_only = set(changed) <= set(SCHEDULE_FLAGS)
+        if changed and not (args.change_schedule and schedule_only):
+            raise SystemExit(f"--resume: flags differ from the checkpoint (saved, now): {changed}"
+                             + ("" if schedule_only else f"; only {SCHEDULE_FLAGS} may change, with "
+                                                          "--change-schedule"))
+        if changed:  # recorded, so the log says exactly how the run was made
+            saved.setdefault("schedule_changes", []).append(
+                {"at_step": int(trainer.step.numpy()), "changed": changed})
+            saved["args"].update(run["args"])
         run = saved
         print(f"resumed from {state_path} at step {int(trainer.step.numpy())}", flush=True)
 
@@ -577,6 +596,7 @@ def main(argv=None):
         "final_val_perplexity": round(math.exp(val_loss), 2),
         "final_eval_tokens": int(len(val_all) * args.seq_len),
         "history": run["history"],
+        "schedule_changes": run.get("schedule_changes", []),
         "wall_time_s": round(wall_s, 1),
         "final_eval_s": round(eval_s, 1),
         "train_tokens_per_s": round(run["timed_tokens"] / max(run["train_s"], 1e-9), 1),

@@ -21,12 +21,11 @@ How it works, and why
 * **Streaming.** The input is read in chunks of ``chunk_batches *
   batch_size`` lines; memory holds one chunk plus the set of ids seen so far
   (needed to refuse duplicates), never the whole file.
-* **Length bucketing.** Each chunk is sorted by prompt length in tokens and
-  cut into batches, so a batch pads its prompts to similar lengths. Prompt
-  widths are rounded up to a multiple of ``pad_to_multiple_of`` and batches
-  are filled up to ``batch_size`` rows with copies of their first row (dropped
-  afterwards): the engine compiles one program per shape, so this bounds the
-  number of compiles to ``n_positions / pad_to_multiple_of``.
+* **Length sorting** (scheduling). Each chunk is sorted by prompt length in
+  tokens and cut into batches, so a batch pads its prompts to similar
+  lengths. The compiled shapes then come from the engine's one shape rule
+  (``plan.plan_shapes``, as for any ``lm.generate`` call), so a job compiles
+  one program per (batch, width) bucket it meets.
 * **Results independent of batching.** Sorting regroups prompts, so a row's
   result must not depend on its neighbours, its position or its padding.
   Greedy and beam search are row-independent; for sampling every row gets its
@@ -52,8 +51,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import numbers
 import os
 import sys
 import time
@@ -63,7 +60,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import validation
-from .lm import _GENERATION_DEFAULTS
+from .options import GenerationOptions, UnknownOptionError
 
 
 @dataclasses.dataclass
@@ -132,7 +129,7 @@ def line_seed(seed, ident) -> tuple[int, int]:
     Returns:
       Two Python ints, each a signed 32-bit value.
     """
-    a, b = _seed_pair(seed, "seed")
+    a, b = validation.seed_pair("seed", seed)
     digest = hashlib.sha256(json.dumps([a, b, ident]).encode()).digest()
     pair = np.frombuffer(digest[:8], dtype="<u4").astype(np.uint32).view(np.int32)
     return int(pair[0]), int(pair[1])
@@ -140,7 +137,6 @@ def line_seed(seed, ident) -> tuple[int, int]:
 
 def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: bool = False,
                   errors_path=None, progress: bool = True, seed=None, chunk_batches: int = 64,
-                  pad_to_multiple_of: int = 16,
                   on_batch: Callable[[BatchReport], None] | None = None,
                   **generate_kwargs) -> BatchReport:
     """Continues every prompt of a JSONL file; writes one JSON line per result.
@@ -162,7 +158,6 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
         (:func:`line_seed`). None draws one (reported in the result); pass
         the same seed when resuming a sampling job to keep it reproducible.
       chunk_batches: lines read and sorted together = ``chunk_batches * batch_size``.
-      pad_to_multiple_of: prompt widths are rounded up to a multiple of this.
       on_batch: called with the running :class:`BatchReport` after each batch
         is durably written (a hook for monitoring and tests).
       **generate_kwargs: decoding options of :meth:`LanguageModel.generate`
@@ -182,27 +177,20 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
     if lm.tokenizer is None:
         raise ValueError("generate_file needs a tokenizer: the checkpoint folder has no tokenizer.json "
                          "(or vocab.json + merges.txt)")
-    batch_size = validation.positive_int("batch_size", batch_size)
-    chunk_batches = validation.positive_int("chunk_batches", chunk_batches)
-    pad_to_multiple_of = validation.positive_int("pad_to_multiple_of", pad_to_multiple_of)
-    unknown = sorted(set(generate_kwargs) - set(_GENERATION_DEFAULTS) - {"jit_compile"})
-    if unknown:
-        validation.fail(unknown[0], generate_kwargs[unknown[0]],
-                        f"is not a generate option; allowed: {', '.join(sorted(_GENERATION_DEFAULTS))}, "
-                        "jit_compile")
+    batch_size = validation.integer("batch_size", batch_size)
+    chunk_batches = validation.integer("chunk_batches", chunk_batches)
+    jit_compile = validation.boolean("jit_compile", generate_kwargs.pop("jit_compile", True))
+    if "seed" in generate_kwargs:
+        raise UnknownOptionError("seed is generate_file's own argument here: the global seed, "
+                                 "from which per-line seeds derive (line_seed)")
     if seed is None:
         seed = tuple(int(v) for v in np.random.default_rng().integers(0, 2**31, size=2))
-    seed = _seed_pair(seed, "seed")
+    seed = validation.seed_pair("seed", seed)
     # Validate every decoding option now (no compile), so a typo fails
     # before any file is touched.
-    options = {k: v for k, v in generate_kwargs.items() if k != "jit_compile"}
-    lm.prepare(np.zeros([1, 1], np.int32), None, seed=seed, **options)
-    resolved = lm._resolve(options)
-    n_new = int(resolved["max_new_tokens"])
-    eos = validation.token_ids("eos_token_id", resolved["eos_token_id"], lm.model.vocab_size)
-    pad_id = resolved["pad_token_id"]
-    pad_id = int(pad_id if pad_id is not None else (eos[0] if eos else 0))
-    nrs = int(resolved["num_return_sequences"])
+    checked = lm.prepare([[0]], None, seed=seed, **generate_kwargs).checked
+    n_new, nrs = checked.max_new_tokens, checked.num_return_sequences
+    pad_id, eos = checked.pad_token_id, checked.eos_token_id
 
     input_path, output_path = Path(input_path), Path(output_path)
     errors_path = Path(errors_path) if errors_path is not None else output_path.with_name(
@@ -244,8 +232,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
             items.sort(key=lambda it: len(it.tokens))
             for start in range(0, len(items), batch_size):
                 batch = items[start:start + batch_size]
-                texts, new_tokens = _decode_batch(lm, batch, batch_size, n_new, pad_id, eos, nrs,
-                                                  pad_to_multiple_of, generate_kwargs)
+                texts, new_tokens = _decode_batch(lm, batch, checked, jit_compile, generate_kwargs)
                 records = [{"id": it.id, "prompt": it.prompt,
                             "completion": texts[i] if nrs == 1 else texts[i * nrs:(i + 1) * nrs]}
                            for i, it in enumerate(batch)]
@@ -325,7 +312,7 @@ def _parse_line(line_no: int, raw: bytes, lm, n_new: int, seed, seen: dict) -> _
     if not prompt:
         raise _LineError("empty prompt", ident)
     try:
-        pair = _seed_pair(data["seed"], "seed") if "seed" in data else line_seed(seed, ident)
+        pair = validation.seed_pair("seed", data["seed"]) if "seed" in data else line_seed(seed, ident)
     except ValueError as error:
         raise _LineError(str(error), ident)
     tokens = lm.tokenizer.encode(prompt)
@@ -340,43 +327,29 @@ def _parse_line(line_no: int, raw: bytes, lm, n_new: int, seed, seen: dict) -> _
     return _Item(line_no, ident, prompt, tokens, pair)
 
 
-def _seed_pair(value, name: str) -> tuple[int, int]:
-    """An int ``a`` -> ``(a, 0)``; ``[a, b]`` -> ``(a, b)``; each fitting in 32 bits."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (value, 0)
-    if (not isinstance(value, (list, tuple, np.ndarray)) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value)):
-        validation.fail(name, value, "must be an int or two ints [a, b]")
-    if any(not -(2**31) <= int(v) < 2**32 for v in value):
-        validation.fail(name, list(value), "each seed must fit in 32 bits")
-    return int(value[0]), int(value[1])
-
-
 def _id_key(ident) -> str:
     """Ids compare by JSON spelling: 7 and "7" are different ids."""
     return json.dumps(ident)
 
 
 # ----------------------------------------------------------------- decoding
-def _decode_batch(lm, batch: list[_Item], batch_size: int, n_new: int, pad_id: int, eos: list[int],
-                  nrs: int, multiple: int, generate_kwargs: dict) -> tuple[list[str], int]:
+def _decode_batch(lm, batch: list[_Item], checked: GenerationOptions, jit_compile: bool,
+                  generate_kwargs: dict) -> tuple[list[str], int]:
     """Generates one batch; returns its texts (``len(batch) * nrs``) and its new-token count.
 
-    The batch is left-padded to a bucketed width and filled to
-    ``batch_size`` rows with copies of row 0, so the compiled program is
-    reused across batches (shapes are compile keys).
+    The batch is left-padded to its longest prompt; ``lm.generate`` fits it
+    to the compiled shapes (the one shape plan of every entry point).
     """
-    longest = max(len(it.tokens) for it in batch)
-    width = min(math.ceil(longest / multiple) * multiple, lm.model.max_positions - n_new)
-    rows = [batch[i] if i < len(batch) else batch[0] for i in range(batch_size)]
-    ids = np.full([batch_size, width], pad_id, np.int32)
-    mask = np.zeros([batch_size, width], np.int32)
-    for r, item in enumerate(rows):
+    pad_id, eos = checked.pad_token_id, checked.eos_token_id
+    width = max(len(it.tokens) for it in batch)
+    ids = np.full([len(batch), width], pad_id, np.int32)
+    mask = np.zeros([len(batch), width], np.int32)
+    for r, item in enumerate(batch):
         ids[r, width - len(item.tokens):] = item.tokens
         mask[r, width - len(item.tokens):] = 1
-    seeds = np.array([it.seed for it in rows], np.int64)
-    out = lm.generate(ids, mask, seed=seeds, **generate_kwargs)
-    new = out.sequences[:len(batch) * nrs, width:]
+    seeds = np.array([it.seed for it in batch], np.int64)
+    out = lm.generate(ids, mask, seed=seeds, jit_compile=jit_compile, **generate_kwargs)
+    new = out.sequences[:, width:]
     texts = lm.tokenizer.decode_batch(new, skip_ids=set(eos) | {pad_id})
     # Tokens generated per row: up to and including the first EOS.
     is_eos = np.isin(new, eos) if eos else np.zeros(new.shape, bool)

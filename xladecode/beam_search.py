@@ -43,6 +43,7 @@ import tensorflow as tf
 from . import positions as pos
 from . import sampling
 from .decoding import DecodeOptions, prefill, process_logits, warp_logits
+from .options import EarlyStopping
 from .protocol import Cache, DecoderModel
 
 NEG = -1.0e9  # "impossible" score; finite, as in transformers, so sums stay ordered
@@ -94,7 +95,7 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
       model: any :class:`protocol.DecoderModel`.
       input_ids / attention_mask: int32 ``[b, P]`` left-padded prompts.
       options: tensors; uses eos/pad, processors, length_penalty,
-        early_stopping (0 False, 1 True, 2 "never"), and for sampling the
+        early_stopping (an ``options.EarlyStopping`` value), and for sampling the
         warpers and ``seeds[:b]``.
       max_new_tokens_buffer: Python int N.
       num_beams, num_return_sequences: Python ints (compile keys).
@@ -139,7 +140,7 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
 
     def not_done(s: BeamState):
         exists_open_beam = tf.logical_not(tf.logical_and(
-            tf.reduce_all(s.finished_flags), tf.equal(options.early_stopping, 1)))
+            tf.reduce_all(s.finished_flags), tf.equal(options.early_stopping, int(EarlyStopping.ON_FULL))))
         return tf.reduce_all([
             s.step < options.max_new_tokens, tf.reduce_any(s.improvable), exists_open_beam,
             tf.logical_not(s.all_candidates_hit)])
@@ -187,7 +188,7 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
         just_finished = tf.logical_and(hits, tf.range(k)[tf.newaxis, :] < nb)
         new_len = tf.cast(s.step + 1, tf.float32)
         finished_cand = cand_scores / _length_power(new_len, options.length_penalty)
-        full = tf.logical_and(tf.reduce_all(s.finished_flags, axis=1), tf.equal(options.early_stopping, 1))
+        full = tf.logical_and(tf.reduce_all(s.finished_flags, axis=1), tf.equal(options.early_stopping, int(EarlyStopping.ON_FULL)))
         finished_cand += tf.cast(full, tf.float32)[:, tf.newaxis] * NEG
         finished_cand += tf.cast(tf.logical_not(s.improvable), tf.float32)[:, tf.newaxis] * NEG
         finished_cand += tf.cast(tf.logical_not(just_finished), tf.float32) * NEG
@@ -206,7 +207,7 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
         logits, cache = model.step(last, pos.next_positions(flat_mask, s.step), cache, cur_len, key_mask)
 
         # 6. Can any live beam still beat the worst finished hypothesis?
-        best_len = tf.where(tf.logical_and(tf.equal(options.early_stopping, 2), options.length_penalty > 0),
+        best_len = tf.where(tf.logical_and(tf.equal(options.early_stopping, int(EarlyStopping.NEVER)), options.length_penalty > 0),
                             options.max_new_tokens, s.step + 1)
         best_possible = live_scores[:, 0] / _length_power(best_len, options.length_penalty)
         worst_finished = tf.where(finished_flags, tf.reduce_min(finished_scores, axis=1, keepdims=True), NEG)

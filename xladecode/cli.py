@@ -18,12 +18,14 @@ import time
 
 
 def _seed(text: str) -> tuple[int, int]:
-    parts = text.split(",")
-    if len(parts) == 1:
-        return (int(parts[0]), 0)
-    if len(parts) == 2:
-        return (int(parts[0]), int(parts[1]))
-    raise argparse.ArgumentTypeError(f"--seed={text!r}: expected INT or INT,INT")
+    """``INT`` or ``INT,INT`` -> a seed pair (checked by ``validation.seed_pair``)."""
+    from .validation import seed_pair
+
+    try:
+        parts = [int(p) for p in text.split(",")]
+        return seed_pair("--seed", parts[0] if len(parts) == 1 else parts)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--seed={text!r}: expected INT or INT,INT ({error})")
 
 
 def _int_list(text: str) -> list[int]:
@@ -49,34 +51,49 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None,
                    help="checkpoint folder or a model name in the local Hugging Face cache "
                         "(default: the shipped models/gpt2-shakespeare)")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate per prompt")
-    g.add_argument("--min-new-tokens", type=int, default=None, help="no EOS before this many new tokens")
-    g.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=None,
-                   help="sample instead of greedy (default: the checkpoint's generation_config)")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature; 0 = greedy")
-    g.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens; 0 = off")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]; 1 = off")
-    g.add_argument("--seed", type=_seed, default=None, help="INT or INT,INT: stateless seed pair")
-    g.add_argument("--num-return-sequences", type=int, default=None, help="outputs per prompt")
-    g.add_argument("--num-beams", type=int, default=None, help="beam search width (> 1 enables it)")
-    g.add_argument("--length-penalty", type=float, default=None, help="beam score = logprob / len**lp")
-    g.add_argument("--early-stopping", type=_early_stopping, default=None, help="true, false or never")
-    g.add_argument("--repetition-penalty", type=float, default=None, help="> 0; 1 = off")
-    g.add_argument("--no-repeat-ngram-size", type=int, default=None, help="forbid repeating n-grams; 0 = off")
+    _add_option_flags(g)
     g.add_argument("--bad-words", action="append", default=None, metavar="TEXT",
                    help="a word or phrase never to generate (repeatable)")
-    g.add_argument("--suppress-tokens", type=_int_list, default=None, metavar="IDS",
-                   help="comma-separated token ids never to generate")
-    g.add_argument("--eos-token-id", type=_int_list, default=None, metavar="IDS",
-                   help="comma-separated end-of-sequence ids")
-    g.add_argument("--forced-eos-token-id", type=_int_list, default=None, metavar="IDS",
-                   help="force this EOS at the last step")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype")
     g.add_argument("--no-jit", action="store_true", help="run the same graph without XLA")
     g.add_argument("--continuation-only", action="store_true", help="print only the new text")
     _add_batch_arguments(g)
     _add_export_parser(sub)
     return parser
+
+
+#: Decoding options the CLI spells differently or leaves out, and why.
+CLI_EXCLUDED = {
+    "bad_words_ids": "given as text: --bad-words TEXT (tokenized, with and without a leading space)",
+    "output_scores": "the CLI prints text, not scores",
+}
+
+_FLAG_TYPES = {"int": int, "real": float, "ids": _int_list, "id": int, "seed": _seed,
+               "early_stopping": _early_stopping}
+
+
+def _add_option_flags(g) -> None:
+    """One flag per decoding option, from its definition in ``options.GenerationOptions``."""
+    from .options import GenerationOptions  # no TensorFlow: --help stays instant
+
+    for name in GenerationOptions.names():
+        if name in CLI_EXCLUDED:
+            continue
+        spec = GenerationOptions.spec(name)
+        flag = "--" + name.replace("_", "-")
+        if spec.kind == "bool":
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=spec.help)
+        else:
+            g.add_argument(flag, type=_FLAG_TYPES[spec.kind], default=None, help=spec.help,
+                           metavar="IDS" if spec.kind == "ids" else None)
+
+
+def option_values(args) -> dict:
+    """The decoding options given on the command line (flags left out are None)."""
+    from .options import GenerationOptions
+
+    return {name: getattr(args, name) for name in GenerationOptions.names()
+            if name not in CLI_EXCLUDED and getattr(args, name) is not None}
 
 
 def _add_batch_arguments(g) -> None:
@@ -140,14 +157,7 @@ def main(argv=None) -> int:
     log(f"loaded {args.model or xladecode.default_model_path()} in {time.perf_counter() - start:.1f}s")
     if args.command == "export":
         return _export(args, lm, log)
-    options = dict(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, do_sample=args.do_sample,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        num_return_sequences=args.num_return_sequences, num_beams=args.num_beams,
-        length_penalty=args.length_penalty, early_stopping=args.early_stopping,
-        repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-        suppress_tokens=args.suppress_tokens, eos_token_id=args.eos_token_id,
-        forced_eos_token_id=args.forced_eos_token_id, jit_compile=not args.no_jit)
+    options = option_values(args) | {"jit_compile": not args.no_jit}
     if args.bad_words and lm.tokenizer is not None:
         # A phrase is banned with and without a leading space (BPE spells them differently).
         options["bad_words_ids"] = [lm.tokenizer.encode(v) for w in args.bad_words for v in (w, " " + w)]

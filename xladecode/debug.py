@@ -45,11 +45,11 @@ def step_through(lm, input_ids, attention_mask=None, *, top: int = 5, **options)
       :class:`Step` objects; stops when every row finished or at max_new_tokens.
     """
     call = lm.prepare(input_ids, attention_mask, **options)
-    if call.beam_key is not None:
+    if call.strategy.kind == "beam":
         raise ValueError("step_through supports greedy and sampling; got num_beams > 1")
-    state, constants = decoding.start(lm.model, tf.constant(call.input_ids), tf.constant(call.attention_mask),
-                                      call.options, call.max_new_tokens, call.do_sample)
-    rows = call.rows  # drop the filler rows of shape bucketing
+    state, constants = decoding.start(lm.model, call.input_ids, call.attention_mask, call.options,
+                                      call.plan.buffer, call.strategy.kind == "sample")
+    rows = call.plan.batch * call.strategy.rows_per_prompt  # drop the filler rows of shape bucketing
     while bool(decoding.not_done(state, constants)):
         state, processed = decoding.decode_step(state, constants)
         index = int(state.step) - 1

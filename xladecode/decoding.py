@@ -63,7 +63,7 @@ class DecodeOptions(NamedTuple):
     seeds: tf.Tensor  # int32 [B, 2]: per-row seed pairs
     sample_index: tf.Tensor  # int32 [B]: which return sequence of its prompt a row is
     length_penalty: tf.Tensor  # float32 []: beam search only
-    early_stopping: tf.Tensor  # int32 []: beam search only; 0 False, 1 True, 2 "never"
+    early_stopping: tf.Tensor  # int32 []: beam search only; an options.EarlyStopping value
 
 
 class SamplingState(NamedTuple):

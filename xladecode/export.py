@@ -11,26 +11,27 @@ converters -- can run WITHOUT xladecode installed::
                             xladecode_export.json (what was fixed at export)
       fingerprint.pb
 
-The ``serving_default`` signature::
+The ``serving_default`` signature holds exactly what its strategy uses::
 
     inputs   input_ids       int32 [batch, length]   LEFT-padded prompts
              attention_mask  int32 [batch, length]   1 = token, 0 = left padding
              max_new_tokens  int32 []                1 .. max_new_tokens_buffer
-             temperature     float32 []              sampling only; 0 = greedy
-             top_k           int32 []                sampling only; 0 = off
-             top_p           float32 []              sampling only; 1 = off
-             seed            int32 [2] or [batch, 2] sampling only; per-row seeds
+             temperature     float32 []              strategy="sample" only; 0 = greedy
+             top_k           int32 []                strategy="sample" only; 0 = off
+             top_p           float32 []              strategy="sample" only; 1 = off
+             seed            int32 [batch, 2]        strategy="sample" only; one pair per row
     outputs  sequences       int32 [batch, length + max_new_tokens]
              scores          float32 [batch, max_new_tokens]  log-prob of each token
              sequences_scores float32 [batch]        (strategy="beam" only)
 
-Every input is required (a signature has no optional inputs); greedy and beam
-exports ignore the sampling inputs. The values match ``lm.generate``: same
+Every input has a full static spec (rank and dtype), and the values are
+checked in the graph one after another, so a bad request always gets the
+first failing check's message. The values match ``lm.generate``: same
 function, same tokens.
 
 How shapes stay static inside (XLA compiles one program per shape)
 ------------------------------------------------------------------
-The decoding function (``LanguageModel._build_generate``, the very function
+The decoding function (``compiled.build_generate``, the very function
 ``lm.generate`` runs, ``tf.function(jit_compile=True)``) needs a static
 ``[rows, prompt_len]``. The signature accepts any batch and any length, so
 the exported graph adapts on the way in and out, in ordinary (non-XLA) ops:
@@ -38,11 +39,12 @@ the exported graph adapts on the way in and out, in ordinary (non-XLA) ops:
 * **length buckets**: the prompt is left-padded to the smallest bucket that
   fits (``prompt_length``; default powers of two from 16 up to
   ``n_positions - max_new_tokens_buffer``). Left padding never changes a
-  result (padding-aware positions and masks). A ``tf.switch_case`` picks the
+  result (padding-aware positions and masks); the buckets are the widths of
+  the engine's one shape rule (``plan.prompt_widths``). A ``tf.switch_case`` picks the
   bucket, so each bucket is one XLA program, compiled the first time a prompt
   of that size arrives.
-* **batch chunks**: rows are padded to a multiple of ``chunk_size`` with
-  copies of row 0 and decoded ``chunk_size`` at a time by ``tf.map_fn`` (a
+* **batch chunks**: rows are filled to a multiple of ``chunk_size`` with
+  filler rows (``plan.fit_rows``: copies of row 0) and decoded ``chunk_size`` at a time by ``tf.map_fn`` (a
   while loop around the compiled program). Any batch size then runs on one
   compiled program per bucket; padding rows are dropped at the end. With
   ``batch_size=N`` the signature's batch is fixed to N and one chunk is the
@@ -51,9 +53,10 @@ the exported graph adapts on the way in and out, in ordinary (non-XLA) ops:
   ``max_new_tokens`` input is a loop bound (a tensor), so any value up to the
   buffer reuses the same program, and the outputs are sliced to it.
 
-Options other than the seven inputs (repetition_penalty, no_repeat_ngram_size,
-eos/pad ids, length_penalty, ...) are fixed at export from the keyword
-arguments, else the checkpoint's generation config; they are recorded in
+Options that are not inputs (:data:`FIXED_OPTIONS`: the options whose
+``options.Spec.role`` is "fixed", e.g. repetition_penalty, eos/pad ids,
+length_penalty) are fixed at export from the keyword arguments, else the
+checkpoint's generation config; they are recorded in
 ``assets/xladecode_export.json``.
 """
 
@@ -71,24 +74,26 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from . import validation
+from . import plan, validation
+from .compiled import build_generate
 from .decoding import DecodeOptions
+from .options import GenerationOptions
 
 STRATEGIES = ("greedy", "sample", "beam")
 
-#: Generation options that may be fixed at export (everything that is not a
-#: signature input). Values left out come from the model's generation config.
-FIXED_OPTIONS = ("min_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids",
-                 "suppress_tokens", "forced_eos_token_id", "length_penalty", "early_stopping",
-                 "eos_token_id", "pad_token_id")
+#: Generation options that may be fixed at export: those whose ``Spec.role``
+#: is "fixed". Values left out come from the model's generation config.
+FIXED_OPTIONS = tuple(n for n in GenerationOptions.names() if GenerationOptions.spec(n).role == "fixed")
+
+#: Signature inputs after ids and mask, per strategy.
+SAMPLING_INPUTS = ("temperature", "top_k", "top_p", "seed")
 
 #: Name of the metadata file written next to the tokenizer in ``assets/``.
 EXPORT_INFO = "xladecode_export.json"
 
-# DecodeOptions fields fixed at export; the others come from signature inputs.
-_FIXED_FIELDS = ("pad_token_id", "eos_mask", "min_new_tokens", "forced_eos_mask", "suppress_mask",
-                 "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "bad_words_lengths",
-                 "length_penalty", "early_stopping")
+# DecodeOptions fields that signature inputs may set; every other field is
+# fixed at export (a numpy constant in the graph).
+_INPUT_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p", "seeds", "sample_index")
 
 
 def export(lm, path, *, strategy: str = "greedy", num_beams: int = 4,
@@ -125,48 +130,20 @@ def export(lm, path, *, strategy: str = "greedy", num_beams: int = 4,
       ValueError: a bad argument (named, with its value and what is allowed).
     """
     path = Path(path)
-    if strategy not in STRATEGIES:
-        validation.fail("strategy", strategy, f"must be one of {', '.join(STRATEGIES)}")
-    unknown = sorted(set(fixed_options) - set(FIXED_OPTIONS))
-    if unknown:
-        validation.fail(unknown[0], fixed_options[unknown[0]],
-                        f"is not an export option; fixed options are {', '.join(FIXED_OPTIONS)} "
-                        "(max_new_tokens, temperature, top_k, top_p and seed are signature inputs)")
-    if strategy == "beam":
-        num_beams = validation.positive_int("num_beams", num_beams, minimum=2)
-    model = lm.model
-    if not isinstance(model, tf.Module):
-        raise TypeError(f"lm.model is a {type(model).__name__}; export needs a tf.Module that holds "
-                        "its weights as tf.Variables (as xladecode.gpt2.GPT2 does)")
-    max_pos = model.max_positions
-    if max_new_tokens_buffer is None:
-        max_new_tokens_buffer = lm.defaults["max_new_tokens"]
-    n_new = validation.positive_int("max_new_tokens_buffer", max_new_tokens_buffer, maximum=max_pos - 1)
-    buckets = _buckets(prompt_length, max_pos - n_new)
-    if batch_size is not None:
-        batch_size = validation.positive_int("batch_size", batch_size)
-        chunk_size = batch_size
-    chunk_size = validation.positive_int("chunk_size", chunk_size)
-    fixed, beam_key, resolved = _fixed_options(lm, strategy, num_beams, n_new, fixed_options)
-    _check_destination(path, overwrite)  # before any work: a refused export writes nothing
-
-    do_sample = strategy == "sample"
-    decode = lm._build_generate(n_new, do_sample, beam_key, jit_compile)
-    module = _ServingModule(model, decode, fixed, buckets, chunk_size, n_new, batch_size,
-                            with_sequences_scores=beam_key is not None)
-    info = dict(strategy=strategy, num_beams=num_beams if beam_key else 1, max_new_tokens_buffer=n_new,
-                batch_size=batch_size, chunk_size=chunk_size, prompt_length_buckets=list(buckets),
-                jit_compile=jit_compile, fixed_options=resolved,
-                signature_inputs=["input_ids", "attention_mask", "max_new_tokens", "temperature",
-                                  "top_k", "top_p", "seed"],
-                signature_outputs=["sequences", "scores"] + (["sequences_scores"] if beam_key else []))
+    plan = _plan_export(lm, strategy, num_beams, max_new_tokens_buffer, batch_size, chunk_size,
+                        prompt_length, jit_compile, fixed_options)
+    _check_destination(path, validation.boolean("overwrite", overwrite))  # a refused export writes nothing
+    decode = build_generate(lm.model, plan.info["max_new_tokens_buffer"], plan.strategy, plan.info["jit_compile"])
+    module = _ServingModule(lm.model, decode, plan.fixed, plan.info["prompt_length_buckets"],
+                            plan.info["chunk_size"], plan.info["max_new_tokens_buffer"], plan.info["batch_size"],
+                            with_sequences_scores=strategy == "beam", inputs=plan.info["signature_inputs"])
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write everything into a hidden sibling directory, then rename: a crash
     # or an error never leaves a half-written SavedModel at `path`.
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         with tempfile.TemporaryDirectory() as staging:
-            module.assets = _asset_files(lm, Path(staging), info)  # copied into tmp/assets/
+            module.assets = _asset_files(lm, Path(staging), plan.info)  # copied into tmp/assets/
             tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serving_signature()})
         os.chmod(tmp, 0o755)  # mkdtemp made it private (0700); a model server may run as another user
         _replace(tmp, path)
@@ -174,6 +151,53 @@ def export(lm, path, *, strategy: str = "greedy", num_beams: int = 4,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _plan_export(lm, strategy, num_beams, max_new_tokens_buffer, batch_size, chunk_size, prompt_length,
+                 jit_compile, fixed_options) -> types.SimpleNamespace:
+    """Checks every export argument (no compile, nothing written).
+
+    Returns a namespace: ``strategy`` (``compiled.Strategy``), ``fixed``
+    (numpy values of the fixed ``DecodeOptions`` fields) and ``info`` (what
+    ``xladecode_export.json`` records).
+    """
+    if strategy not in STRATEGIES:
+        validation.fail("strategy", strategy, f"must be one of {', '.join(STRATEGIES)}")
+    unknown = sorted(set(fixed_options) - set(FIXED_OPTIONS))
+    if unknown:
+        validation.fail(unknown[0], fixed_options[unknown[0]],
+                        f"is not an export option; fixed options are {', '.join(FIXED_OPTIONS)} "
+                        "(max_new_tokens, temperature, top_k, top_p and seed are signature inputs)")
+    model = lm.model
+    if not isinstance(model, tf.Module):
+        raise TypeError(f"lm.model is a {type(model).__name__}; export needs a tf.Module that holds "
+                        "its weights as tf.Variables (as xladecode.gpt2.GPT2 does; see protocol.py)")
+    if strategy == "beam":
+        num_beams = validation.integer("num_beams", num_beams, 2, model.vocab_size)
+    if max_new_tokens_buffer is None:
+        max_new_tokens_buffer = lm.defaults.max_new_tokens
+    n_new = validation.integer("max_new_tokens_buffer", max_new_tokens_buffer, 1, model.max_positions - 1)
+    buckets = _buckets(prompt_length, model.max_positions, n_new)
+    if batch_size is not None:
+        chunk_size = batch_size = validation.integer("batch_size", batch_size)
+    chunk_size = validation.integer("chunk_size", chunk_size)
+    # The checks generate runs, on the fixed options.
+    call = lm.prepare([[0]], None, max_new_tokens=n_new, do_sample=strategy == "sample",
+                      num_beams=num_beams if strategy == "beam" else 1, num_return_sequences=1,
+                      seed=(0, 0), **fixed_options)
+    fixed = {name: value.numpy() for name, value in call.options._asdict().items()
+             if name not in _INPUT_FIELDS}
+    if strategy != "sample":  # not inputs: constants that the greedy / beam program never reads
+        fixed.update(temperature=np.float32(1.0), top_k=np.int32(0), top_p=np.float32(1.0))
+    readable = {k: getattr(call.checked, k) for k in FIXED_OPTIONS}
+    readable["early_stopping"] = readable["early_stopping"].user_value()
+    inputs = ("input_ids", "attention_mask", "max_new_tokens") + (SAMPLING_INPUTS if strategy == "sample" else ())
+    info = dict(strategy=strategy, num_beams=call.strategy.num_beams, max_new_tokens_buffer=n_new,
+                batch_size=batch_size, chunk_size=chunk_size, prompt_length_buckets=list(buckets),
+                jit_compile=validation.boolean("jit_compile", jit_compile), fixed_options=readable,
+                signature_inputs=list(inputs),
+                signature_outputs=["sequences", "scores"] + (["sequences_scores"] if strategy == "beam" else []))
+    return types.SimpleNamespace(strategy=call.strategy, fixed=fixed, info=info)
 
 
 def xla_compiled_functions(path) -> list[str]:
@@ -211,7 +235,7 @@ class _ServingModule(tf.Module):
     """
 
     def __init__(self, model, decode, fixed: dict, buckets: Sequence[int], chunk: int, n_new: int,
-                 batch_size: int | None, with_sequences_scores: bool):
+                 batch_size: int | None, with_sequences_scores: bool, inputs: Sequence[str]):
         super().__init__(name="xladecode_export")
         self.model = model
         # Not a plain attribute: the SavedModel would store every tf.function
@@ -223,37 +247,38 @@ class _ServingModule(tf.Module):
         self._n_new = n_new
         self._batch_size = batch_size
         self._with_sequences_scores = with_sequences_scores
+        self._inputs = tuple(inputs)
         self._vocab = model.vocab_size
 
     def serving_signature(self):
-        """The concrete ``serving_default`` function (traced once, here)."""
-        b = self._batch_size  # None = dynamic batch
-        spec = tf.TensorSpec
+        """The concrete ``serving_default`` function (traced once, here), with a
+        full static spec for exactly the inputs this strategy uses."""
+        b, spec = self._batch_size, tf.TensorSpec  # b None = dynamic batch
+        specs = dict(input_ids=spec([b, None], tf.int32, name="input_ids"),
+                     attention_mask=spec([b, None], tf.int32, name="attention_mask"),
+                     max_new_tokens=spec([], tf.int32, name="max_new_tokens"),
+                     temperature=spec([], tf.float32, name="temperature"),
+                     top_k=spec([], tf.int32, name="top_k"),
+                     top_p=spec([], tf.float32, name="top_p"),
+                     seed=spec([b, 2], tf.int32, name="seed"))
         # autograph=False: all control flow is explicit (switch_case, map_fn).
         return tf.function(self._serve, autograph=False).get_concrete_function(
-            input_ids=spec([b, None], tf.int32, name="input_ids"),
-            attention_mask=spec([b, None], tf.int32, name="attention_mask"),
-            max_new_tokens=spec([], tf.int32, name="max_new_tokens"),
-            temperature=spec([], tf.float32, name="temperature"),
-            top_k=spec([], tf.int32, name="top_k"),
-            top_p=spec([], tf.float32, name="top_p"),
-            seed=spec(None, tf.int32, name="seed"),  # unknown rank: [2] or [batch, 2]
-        )
+            **{name: specs[name] for name in self._inputs})
 
-    def _serve(self, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed):
-        batch, width = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
-        # Every value below depends on the checks, so a bad request fails with
-        # the check's message before any op could trip over it.
-        with tf.control_dependencies(self._checks(input_ids, attention_mask, max_new_tokens,
-                                                  temperature, top_k, top_p, seed)):
-            input_ids, attention_mask = tf.identity(input_ids), tf.identity(attention_mask)
-            max_new_tokens = tf.identity(max_new_tokens)
-            # seed [2] -> [1, 2] -> [batch, 2]; seed [batch, 2] stays.
-            seeds = tf.broadcast_to(tf.reshape(seed, [-1, 2]), [batch, 2])
+    def _serve(self, input_ids, attention_mask, max_new_tokens, temperature=None, top_k=None, top_p=None,
+               seed=None):
+        """Inputs a strategy does not use arrive as None (not signature inputs)."""
+        f = self._fixed
+        temperature = f["temperature"] if temperature is None else temperature
+        top_k = f["top_k"] if top_k is None else top_k
+        top_p = f["top_p"] if top_p is None else top_p
+        checked = self._checked(input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed)
+        input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed = checked
+        width = tf.shape(input_ids)[1]
         # Smallest bucket that fits (the checks guarantee one does).
         index = tf.reduce_sum(tf.cast(tf.constant(self._buckets) < width, tf.int32))
         branches = [
-            (lambda p=p: self._run_bucket(p, input_ids, attention_mask, seeds, max_new_tokens,
+            (lambda p=p: self._run_bucket(p, input_ids, attention_mask, seed, max_new_tokens,
                                           temperature, top_k, top_p))
             for p in self._buckets
         ]
@@ -271,27 +296,20 @@ class _ServingModule(tf.Module):
         max_new_tokens], sequences_scores [batch])``.
         """
         batch, width = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
-        chunk, pad_id = self._chunk, self._fixed["pad_token_id"]
-        # 1. Left-pad the columns to the bucket (mask 0: invisible to the model).
-        extra_cols = bucket - width
-        ids = tf.pad(input_ids, [[0, 0], [extra_cols, 0]], constant_values=pad_id)
-        mask = tf.pad(attention_mask, [[0, 0], [extra_cols, 0]])
-        # 2. Pad the rows to a multiple of `chunk` with copies of row 0 (a
-        #    valid prompt; rows never influence each other) and split.
+        chunk, f = self._chunk, self._fixed
+        # 1. Left-pad to the bucket, fill the rows to whole chunks (plan.py's
+        #    helpers: the same padding and filler rows as every entry point).
+        ids, mask = plan.left_pad(input_ids, attention_mask, bucket, f["pad_token_id"])
         n_chunks = (batch + chunk - 1) // chunk
-        extra_rows = n_chunks * chunk - batch
-
-        def chunks(x, inner):
-            x = tf.concat([x, tf.repeat(x[:1], extra_rows, axis=0)], 0)
-            return tf.reshape(x, tf.concat([[n_chunks, chunk], inner], 0))
-
-        elems = (chunks(ids, [bucket]), chunks(mask, [bucket]), chunks(seeds, [2]))
-        f = self._fixed
+        ids, mask, seeds = plan.fit_rows((ids, mask, seeds), n_chunks * chunk)
+        elems = tuple(tf.reshape(x, tf.concat([[n_chunks, chunk], tf.shape(x)[1:]], 0))
+                      for x in (ids, mask, seeds))
 
         def decode_chunk(args):
             chunk_ids, chunk_mask, chunk_seeds = args  # [chunk, bucket], [chunk, bucket], [chunk, 2]
             options = DecodeOptions(
-                **{name: tf.constant(value) for name, value in f.items()},  # fixed at export
+                **{name: tf.constant(value) for name, value in f.items()
+                   if name not in ("temperature", "top_k", "top_p")},  # fixed at export
                 max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                 seeds=chunk_seeds, sample_index=tf.zeros([chunk], tf.int32),  # one sequence per row
             )
@@ -304,79 +322,76 @@ class _ServingModule(tf.Module):
             fn_output_signature=(tf.TensorSpec([chunk, bucket + n], tf.int32),
                                  tf.TensorSpec([chunk, n], tf.float32),
                                  tf.TensorSpec([chunk], tf.float32)))
-        # 3. Undo the padding: drop extra rows and extra columns, cut to max_new_tokens.
+        # 2. Undo the padding: drop filler rows and extra columns, cut to max_new_tokens.
+        extra_cols = bucket - width
         sequences = tf.reshape(sequences, [-1, bucket + n])[:batch, extra_cols:bucket + max_new_tokens]
         scores = tf.reshape(scores, [-1, n])[:batch, :max_new_tokens]
         sequences_scores = tf.reshape(sequences_scores, [-1])[:batch]
         return sequences, scores, sequences_scores
 
-    def _checks(self, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed):
-        """In-graph argument checks: a bad request fails with a message, never a crash."""
-        batch, width = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
+    def _checked(self, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed):
+        """In-graph argument checks, run ONE AFTER ANOTHER: a bad request always
+        fails with the first failing check's message, never with a crash of an
+        op that a later check would have guarded (each check's condition is
+        computed only once the earlier checks passed)."""
+        batch = tf.shape(input_ids)[0]
+        if seed is None:  # greedy / beam: no seed input
+            seed = tf.zeros([batch, 2], tf.int32)
         longest = self._buckets[-1]
-        a = tf.debugging
-        return [
-            a.assert_positive(batch, message="input_ids: need at least one row"),
-            a.assert_positive(width, message="input_ids: prompts need at least one token"),
-            a.assert_less_equal(width, longest, message=(
-                f"input_ids: prompt length must be <= {longest} (prompt_length fixed at export)")),
-            a.assert_non_negative(input_ids, message="input_ids: token ids must be >= 0"),
-            a.assert_less(input_ids, self._vocab, message=f"input_ids: token ids must be < {self._vocab}"),
-            a.assert_equal(tf.shape(attention_mask), tf.shape(input_ids),
-                           message="attention_mask: must have the shape of input_ids"),
-            a.assert_equal(tf.reduce_all((attention_mask == 0) | (attention_mask == 1)), True,
-                           message="attention_mask: values must be 0 or 1"),
-            a.assert_equal(tf.reduce_all(attention_mask[:, -1] == 1), True, message=(
-                "attention_mask: every row needs its last column = 1 (prompts are LEFT-padded, "
-                "and at least one token)")),
-            a.assert_equal(tf.reduce_all(attention_mask[:, 1:] >= attention_mask[:, :-1]), True,
-                           message="attention_mask: padding must be on the LEFT (a 0 after a 1)"),
-            a.assert_greater_equal(max_new_tokens, 1, message="max_new_tokens: must be >= 1"),
-            a.assert_less_equal(max_new_tokens, self._n_new, message=(
-                f"max_new_tokens: must be <= {self._n_new} (max_new_tokens_buffer fixed at export)")),
-            a.assert_non_negative(temperature, message="temperature: must be >= 0"),
-            a.assert_non_negative(top_k, message="top_k: must be >= 0 (0 = off)"),
-            a.assert_positive(top_p, message="top_p: must be in (0, 1]"),
-            a.assert_less_equal(top_p, 1.0, message="top_p: must be in (0, 1]"),
-            a.assert_equal(tf.logical_or(tf.equal(tf.size(seed), 2),
-                                         tf.reduce_all(tf.equal(tf.shape(seed), [batch, 2]))), True,
-                           message="seed: must have shape [2] or [batch, 2]"),
+        n_new = self._n_new
+        checks = [
+            (lambda: batch > 0, "input_ids: need at least one row"),
+            (lambda: tf.shape(input_ids)[1] > 0, "input_ids: prompts need at least one token"),
+            (lambda: tf.shape(input_ids)[1] <= longest,
+             f"input_ids: prompt length must be <= {longest} (prompt_length fixed at export)"),
+            (lambda: tf.reduce_all(input_ids >= 0), "input_ids: token ids must be >= 0"),
+            (lambda: tf.reduce_all(input_ids < self._vocab), f"input_ids: token ids must be < {self._vocab}"),
+            (lambda: tf.reduce_all(tf.equal(tf.shape(attention_mask), tf.shape(input_ids))),
+             "attention_mask: must have the shape of input_ids"),
+            (lambda: tf.reduce_all((attention_mask == 0) | (attention_mask == 1)),
+             "attention_mask: values must be 0 or 1"),
+            (lambda: tf.reduce_all(attention_mask[:, -1] == 1),
+             "attention_mask: every row needs its last column = 1 (prompts are LEFT-padded, and at "
+             "least one token)"),
+            (lambda: tf.reduce_all(attention_mask[:, 1:] >= attention_mask[:, :-1]),
+             "attention_mask: padding must be on the LEFT (a 0 after a 1)"),
+            (lambda: max_new_tokens >= 1, "max_new_tokens: must be >= 1"),
+            (lambda: max_new_tokens <= n_new,
+             f"max_new_tokens: must be <= {n_new} (max_new_tokens_buffer fixed at export)"),
+            (lambda: tf.math.is_finite(temperature) & (temperature >= 0),
+             "temperature: must be finite and >= 0"),
+            (lambda: top_k >= 0, "top_k: must be >= 0 (0 = off)"),
+            (lambda: (top_p > 0) & (top_p <= 1), "top_p: must be in (0, 1]"),
+            (lambda: tf.equal(tf.shape(seed)[0], batch), "seed: must have shape [batch, 2] (one pair per row)"),
         ]
+        done = tf.no_op()
+        for condition, message in checks:
+            with tf.control_dependencies([done]):
+                done = tf.debugging.Assert(condition(), [message], name="check")
+        with tf.control_dependencies([done]):
+            return tuple(tf.identity(x) for x in (input_ids, attention_mask, max_new_tokens,
+                                                   tf.cast(temperature, tf.float32), tf.cast(top_k, tf.int32),
+                                                   tf.cast(top_p, tf.float32), seed))
 
 
-def _buckets(prompt_length, longest_allowed: int) -> tuple[int, ...]:
-    """Prompt-length buckets, ascending, each <= ``longest_allowed``."""
+def _buckets(prompt_length, max_positions: int, n_new: int) -> tuple[int, ...]:
+    """Prompt-length buckets, ascending, each <= ``max_positions - n_new``.
+
+    None: every width the engine's shape rule picks (``plan.prompt_widths``).
+    """
+    longest_allowed = max_positions - n_new
     if longest_allowed < 1:
-        validation.fail("max_new_tokens_buffer", "", "leaves no room for a prompt within n_positions")
+        validation.fail("max_new_tokens_buffer", n_new, "leaves no room for a prompt within n_positions")
     if prompt_length is None:
-        sizes, p = [], 16
-        while p < longest_allowed:
-            sizes.append(p)
-            p *= 2
-        return tuple(sizes + [longest_allowed])
+        return plan.prompt_widths(longest_allowed, max_positions, n_new)
+    if isinstance(prompt_length, (bool, str, bytes)):
+        validation.fail("prompt_length", prompt_length, "must be an int or a list of ints")
     values = [prompt_length] if isinstance(prompt_length, (int, np.integer)) else list(prompt_length)
     if not values:
         validation.fail("prompt_length", prompt_length, "give at least one length")
     for v in values:
-        validation.positive_int("prompt_length", v, maximum=longest_allowed)
+        validation.integer("prompt_length", v, 1, longest_allowed)
     return tuple(sorted(set(int(v) for v in values)))
-
-
-def _fixed_options(lm, strategy: str, num_beams: int, n_new: int, options: dict):
-    """Validates the options fixed at export with ``lm.prepare`` (the checks ``generate`` runs).
-
-    Returns:
-      ``(fixed, beam_key, readable)``: numpy values of the fixed
-      :class:`DecodeOptions` fields, the beam compile key (None unless
-      beams), and the resolved option values for ``xladecode_export.json``.
-    """
-    call = lm.prepare(np.zeros([1, 1], np.int32), None, max_new_tokens=n_new,
-                      do_sample=strategy == "sample", num_beams=num_beams if strategy == "beam" else 1,
-                      num_return_sequences=1, seed=(0, 0), **options)
-    fixed = {name: getattr(call.options, name).numpy() for name in _FIXED_FIELDS}
-    resolved = lm._resolve(options)
-    readable = {k: resolved[k] for k in FIXED_OPTIONS} | {"pad_token_id": int(fixed["pad_token_id"])}
-    return fixed, call.beam_key, readable
 
 
 def _check_destination(path: Path, overwrite: bool) -> None:
@@ -415,7 +430,7 @@ def _asset_files(lm, staging: Path, info: dict) -> dict:
         data = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]} | dataclasses.asdict(config)
         (staging / "config.json").write_text(json.dumps(data, indent=2))
         files["config_json"] = staging / "config.json"
-    generation = {k: v for k, v in lm.defaults.items() if v is not None}
+    generation = {k: v for k, v in lm.defaults.as_dict().items() if v is not None}
     (staging / "generation_config.json").write_text(json.dumps(generation, indent=2))
     files["generation_config_json"] = staging / "generation_config.json"
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=2))

@@ -50,14 +50,14 @@ def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
         "ln_f.bias": (c,),
     }
     for i in range(config.n_layer):
-        p = f"h.{i}."
+        prefix = f"h.{i}."
         shapes.update({
-            p + "ln_1.weight": (c,), p + "ln_1.bias": (c,),
-            p + "attn.c_attn.weight": (c, 3 * c), p + "attn.c_attn.bias": (3 * c,),  # fused q, k, v
-            p + "attn.c_proj.weight": (c, c), p + "attn.c_proj.bias": (c,),
-            p + "ln_2.weight": (c,), p + "ln_2.bias": (c,),
-            p + "mlp.c_fc.weight": (c, inner), p + "mlp.c_fc.bias": (inner,),
-            p + "mlp.c_proj.weight": (inner, c), p + "mlp.c_proj.bias": (c,),
+            prefix + "ln_1.weight": (c,), prefix + "ln_1.bias": (c,),
+            prefix + "attn.c_attn.weight": (c, 3 * c), prefix + "attn.c_attn.bias": (3 * c,),  # fused q, k, v
+            prefix + "attn.c_proj.weight": (c, c), prefix + "attn.c_proj.bias": (c,),
+            prefix + "ln_2.weight": (c,), prefix + "ln_2.bias": (c,),
+            prefix + "mlp.c_fc.weight": (c, inner), prefix + "mlp.c_fc.bias": (inner,),
+            prefix + "mlp.c_proj.weight": (inner, c), prefix + "mlp.c_proj.bias": (c,),
         })
     if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (config.vocab_size, c)
@@ -168,6 +168,11 @@ class GPT2(tf.Module):
             out[name] = value.T if name in STORED_TRANSPOSED else value
         return out
 
+    def clone(self) -> "GPT2":
+        """A new GPT2 with copies of these weights, its variables made in the current
+        ``tf.distribute`` scope (how ``placement.Replicated`` mirrors a model)."""
+        return GPT2(self.config, self.hf_weights(), dtype=self.dtype)
+
     # ---------------------------------------------------------------- protocol
     def init_cache(self, batch_size: int, max_length: int) -> kv_cache.KVCache:
         c = self.config
@@ -175,7 +180,7 @@ class GPT2(tf.Module):
 
     def step(self, input_ids, positions, cache, cache_index, key_mask):
         """See ``protocol.DecoderModel.step``. Returns last-position logits [batch, vocab]."""
-        mask = pos.attention_mask_for_slots(cache_index, _dim(input_ids, 1), key_mask)
+        mask = pos.attention_matrix_for_slots(cache_index, _dim(input_ids, 1), key_mask)
         hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
         return self._lm_head(hidden[:, -1, :]), cache
 
@@ -220,17 +225,17 @@ class GPT2(tf.Module):
         x = drop(tf.cast(x, tf.float32), 0)
         keys, values = [], []
         for i in range(c.n_layer):
-            p = f"h.{i}."
-            h = _layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], c.layer_norm_epsilon)
-            q, k, v = self._qkv(h, p)
+            prefix = f"h.{i}."
+            h = _layer_norm(x, w[prefix + "ln_1.weight"], w[prefix + "ln_1.bias"], c.layer_norm_epsilon)
+            q, k, v = self._qkv(h, prefix)
             if cache is not None:  # write this step's keys/values, attend over the whole cache
                 k = kv_cache.write(cache.keys[i], k, cache_index)
                 v = kv_cache.write(cache.values[i], v, cache_index)
                 keys.append(k)
                 values.append(v)
-            x = x + drop(self._attention(q, k, v, mask, i, p), 2 * i + 1)
-            h = _layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], c.layer_norm_epsilon)
-            x = x + drop(self._mlp(h, p), 2 * i + 2)
+            x = x + drop(self._attention(q, k, v, mask, i, prefix), 2 * i + 1)
+            h = _layer_norm(x, w[prefix + "ln_2.weight"], w[prefix + "ln_2.bias"], c.layer_norm_epsilon)
+            x = x + drop(self._mlp(h, prefix), 2 * i + 2)
         x = _layer_norm(x, w["ln_f.weight"], w["ln_f.bias"], c.layer_norm_epsilon)
         new_cache = kv_cache.KVCache(tuple(keys), tuple(values)) if cache is not None else None
         return x, new_cache
@@ -241,14 +246,14 @@ class GPT2(tf.Module):
         y = tf.matmul(tf.cast(x, self.dtype), w) + b
         return tf.cast(y, tf.float32)
 
-    def _qkv(self, h, p):
+    def _qkv(self, h, prefix):
         """Fused projection, split into heads: three ``[b, heads, t, head_dim]``."""
         c = self.config
-        qkv = self._linear(h, p + "attn.c_attn")  # [b, t, 3C]
+        qkv = self._linear(h, prefix + "attn.c_attn")  # [b, t, 3C]
         qkv = tf.reshape(qkv, [_dim(qkv, 0), _dim(qkv, 1), 3, c.n_head, c.head_dim])
         return tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # 3 x [b, heads, t, head_dim]
 
-    def _attention(self, q, k, v, mask, layer, p):
+    def _attention(self, q, k, v, mask, layer, prefix):
         """Masked softmax attention; q ``[b,h,t,d]``, k/v ``[b,h,S,d]``, mask ``[b,1,t,S]``."""
         c = self.config
         scores = tf.einsum("bhtd,bhsd->bhts", q, tf.cast(k, tf.float32))
@@ -264,10 +269,10 @@ class GPT2(tf.Module):
         probs = tf.nn.softmax(scores, axis=-1)
         out = tf.einsum("bhts,bhsd->bhtd", probs, tf.cast(v, tf.float32))
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [_dim(out, 0), _dim(out, 2), c.n_embd])
-        return self._linear(out, p + "attn.c_proj")
+        return self._linear(out, prefix + "attn.c_proj")
 
-    def _mlp(self, h, p):
-        return self._linear(self._act(self._linear(h, p + "mlp.c_fc")), p + "mlp.c_proj")
+    def _mlp(self, h, prefix):
+        return self._linear(self._act(self._linear(h, prefix + "mlp.c_fc")), prefix + "mlp.c_proj")
 
     def _lm_head(self, hidden, vocab_subset=None):
         """``[..., C]`` -> float32 ``[..., vocab]`` logits (``[..., V']`` for a subset)."""

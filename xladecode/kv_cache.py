@@ -12,7 +12,7 @@ written hold zeros; the attention mask (see ``positions.py``) hides them.
 Layout: ``[batch, heads, slot, head_dim]`` is what attention consumes
 (``q @ k^T`` contracts the last axis of both), so no transpose of the cache is
 ever needed. Batch is the leading axis of every cache tensor: beam search
-reorders a cache with one gather on axis 0 (see ``decoding.gather_beams``).
+reorders a cache with one gather on axis 0 (see ``beam_search.reorder_cache``).
 """
 
 from __future__ import annotations

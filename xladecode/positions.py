@@ -49,8 +49,11 @@ def next_positions(attention_mask: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
     return lengths + tf.cast(step, tf.int32)
 
 
-def attention_mask(query_slots: tf.Tensor, key_mask: tf.Tensor) -> tf.Tensor:
+def attention_matrix(query_slots: tf.Tensor, key_mask: tf.Tensor) -> tf.Tensor:
     """Which key slot each query may attend to: causal AND not padding.
+
+    Named a *matrix* to keep it apart from ``attention_mask``, which everywhere
+    else in xladecode (and transformers) is the ``[batch, T]`` padding mask.
 
     Args:
       query_slots: int32 ``[t]``, the cache slot of each query token.
@@ -82,10 +85,10 @@ def full_sequence(input_ids, attention_mask=None):
     input_ids = tf.convert_to_tensor(input_ids, tf.int32)
     if attention_mask is None:
         attention_mask = tf.ones_like(input_ids)
-    mask = attention_mask_for_slots(tf.constant(0), tf.shape(input_ids)[1], attention_mask)
+    mask = attention_matrix_for_slots(tf.constant(0), tf.shape(input_ids)[1], attention_mask)
     return input_ids, positions_from_mask(attention_mask), mask
 
 
-def attention_mask_for_slots(first_slot, t, key_mask):
-    """:func:`attention_mask` for ``t`` queries written at slots ``first_slot ..``."""
-    return attention_mask(tf.cast(first_slot, tf.int32) + tf.range(t), key_mask)
+def attention_matrix_for_slots(first_slot, t, key_mask):
+    """:func:`attention_matrix` for ``t`` queries written at slots ``first_slot ..``."""
+    return attention_matrix(tf.cast(first_slot, tf.int32) + tf.range(t), key_mask)

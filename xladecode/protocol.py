@@ -13,6 +13,26 @@ A decoding call then looks like::
     logits, cache = model.step(prompt, positions, cache, 0, key_mask)   # prefill
     while ...:                                                  # tf.while_loop
         logits, cache = model.step(token[:, None], position, cache, slot, key_mask)
+
+What each entry point needs
+---------------------------
+Decoding (``generate``, batch jobs, the debugger) needs only
+:class:`DecoderModel`. A few features need more; each is optional, checked
+where it is used, and refused with an error that names what is missing:
+
+==========================  ==============================================  ==========================
+capability                  what it is                                      needed by
+==========================  ==============================================  ==========================
+``forward(ids, mask)``      all-position logits ``[B, T, V]``, no cache      ``LanguageModel.logits``,
+                                                                            tests' recompute laws
+``config.eos_token_id``     default EOS id(s) (and ``config.pad_token_id``)  option defaults (else pass
+                                                                            ``eos_token_id=``)
+a ``tf.Module``             weights held as ``tf.Variable`` attributes       ``export`` (SavedModel)
+``clone()``                 a copy with the same weights, whose variables   ``placement.Replicated``
+                            are created in the current distribute scope     (distributed decoding)
+==========================  ==============================================  ==========================
+
+:class:`~xladecode.gpt2.GPT2` has all of them.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class RopeDecoder(tf.Module):
         return RopeCache(tf.zeros(shape), tf.zeros(shape))
 
     def step(self, input_ids, positions, cache, cache_index, key_mask):
-        mask = pos.attention_mask_for_slots(cache_index, tf.shape(input_ids)[1], key_mask)
+        mask = pos.attention_matrix_for_slots(cache_index, tf.shape(input_ids)[1], key_mask)
         hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
         return self._head(hidden[:, -1]), cache
 
