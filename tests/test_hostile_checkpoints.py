@@ -252,7 +252,6 @@ HEADER_CASES = {  # case -> (file bytes, expected message)
     "0-byte header": (struct.pack("<Q", 0), r"header must be a JSON object starting with"),
     "header longer than file": (struct.pack("<Q", 100) + b"{}", r"header length 100 is larger than the rest"),
     "header length 2**64-1": (struct.pack("<Q", 2**64 - 1) + b"{}", r"header length 18446744073709551615"),
-    "header length over the cap": (struct.pack("<Q", (16 << 20) + 1) + b"{}", r"header length 16777217"),
     "top level list": (_safetensors(None, raw=b"[]"), r"must be a JSON object starting with"),
     "leading space": (_safetensors(None, EIGHT, raw=b' {"a": ' + json.dumps(F32x2).encode() + b"}"),
                       r"starting with"),
@@ -310,6 +309,16 @@ def test_malformed_safetensors_headers_are_refused_naming_file_and_tensor(tmp_pa
         read_safetensors(path)
     assert str(error.value).startswith(str(path))
     assert len(str(error.value)) < 400  # a megabyte-long name is cut, not echoed
+
+
+def test_header_longer_than_the_cap_is_refused_before_reading_it(tmp_path):
+    path = tmp_path / "x.safetensors"
+    with open(path, "wb") as f:  # a sparse 17 MiB file whose header would be 16 MiB + 1
+        f.write(struct.pack("<Q", (16 << 20) + 1) + b"{")
+        f.truncate(17 << 20)
+    assert _peak_bytes(lambda: read_safetensors(path)) < 1 << 20
+    with pytest.raises(ValueError, match=r"header length 16777217 is more than the 16777216 bytes allowed"):
+        read_safetensors(path)
 
 
 @pytest.mark.parametrize("header, data, expected", [
@@ -402,7 +411,7 @@ def test_index_must_match_the_shards_exactly(folder):
         read_headers(folder)  # a listed shard is missing
 
     shutil.copy(folder / "a.safetensors", folder / "b.safetensors")
-    with pytest.raises(ValueError, match=rf"is in two shards: .*a.safetensors and .*b.safetensors"):
+    with pytest.raises(ValueError, match=r"is in two shards: .*a.safetensors and .*b.safetensors"):
         read_headers(folder)
 
     (folder / "b.safetensors").write_bytes(_safetensors({}))
@@ -565,3 +574,44 @@ def test_corrupt_vocab_json_is_a_value_error_naming_the_file(tmp_path, vocab, me
     shutil.copy(RAW_TOKENIZER / "merges.txt", tmp_path)
     with pytest.raises(ValueError, match=message):
         Tokenizer.from_folder(tmp_path)
+
+
+# --------------------------------------------------------------------------
+# Cases found while fixing the above.
+
+def test_symlink_loop_and_overlong_shard_name_are_value_errors(folder):
+    os.symlink("generation_config.json", folder / "loop")
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    os.symlink("loop", folder / "generation_config.json")
+    with pytest.raises(ValueError, match=r"generation_config.json: cannot be opened \(Too many levels"):
+        xladecode.load(folder)
+    (folder / "generation_config.json").unlink()
+    weight_map = _shard(folder)
+    long_name = "x" * 300 + ".safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: long_name for k in weight_map}}))
+    with pytest.raises(ValueError, match=r"x{300}\.safetensors: cannot be opened \(File name too long\)"):
+        xladecode.load(folder)
+
+
+def test_file_truncated_between_header_and_data_is_a_value_error(folder):
+    path = folder / "model.safetensors"
+    headers = safetensors_file.read_header(path)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 1)
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor '.*': the file ends before its data"):
+        safetensors_file.read_tensors(headers)
+
+
+def test_megabyte_strings_in_config_are_not_echoed(folder):
+    _edit_json(folder / "config.json", activation_function="g" * 1_000_000)
+    with pytest.raises(ValueError, match=r"activation_function='ggg.*\.\.\. is invalid") as error:
+        xladecode.load(folder)
+    assert len(str(error.value)) < 400
+
+
+def test_both_single_file_and_index_present_reads_the_index(folder):
+    """Like a folder mid-conversion: the index is the source of truth; the stray
+    single file is never opened (here it is garbage, and loading still works)."""
+    _shard(folder)
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    GPT2.from_pretrained(folder)

@@ -49,19 +49,25 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
 
     Raises:
       FileNotFoundError: no such file (a dangling symlink included).
-      ValueError: a directory, FIFO, device or socket; the message names it.
+      PermissionError: not readable (the message names the file).
+      ValueError: a directory, FIFO, device or socket, a symlink loop, a name
+        too long: the message names the path and what it is.
     """
     path = Path(path)
     try:
         mode = os.stat(path).st_mode  # follows symlinks, opens nothing
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path} is {_kind(mode)}, expected a regular file")
+        # O_NONBLOCK: if the name was swapped for a FIFO since the stat, open()
+        # still returns at once instead of waiting for a writer; fstat catches it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         dangling = " (a symlink to a missing file)" if os.path.islink(path) else ""
         raise FileNotFoundError(f"{path}: no such file{dangling}") from None
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"{path} is {_kind(mode)}, expected a regular file")
-    # O_NONBLOCK: if the name was swapped for a FIFO since the stat, open()
-    # still returns at once instead of waiting for a writer; fstat catches it.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except PermissionError:
+        raise
+    except OSError as error:  # a symlink loop, a name too long, ...: the path is at fault
+        raise ValueError(f"{path}: cannot be opened ({error.strerror})") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)

@@ -116,10 +116,12 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
             raise ValueError(f"{path}: {size} bytes is too short for a safetensors file "
                              "(it starts with an 8-byte header length)")
         (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > min(size - 8, MAX_HEADER_BYTES):
-            raise ValueError(f"{path}: header length {header_len} is larger than "
-                             f"{'the rest of the file' if header_len > size - 8 else 'allowed'} "
-                             f"({min(size - 8, MAX_HEADER_BYTES)} bytes)")
+        if header_len > size - 8:
+            raise ValueError(f"{path}: header length {header_len} is larger than the rest of "
+                             f"the file ({size - 8} bytes)")
+        if header_len > MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: header length {header_len} is more than the "
+                             f"{MAX_HEADER_BYTES} bytes allowed")
         raw = f.read(header_len)
     if len(raw) != header_len:
         raise ValueError(f"{path}: file changed while its header was read")
@@ -153,6 +155,10 @@ def _is_int(value) -> bool:
 
 def _tensor_info(path: Path, name: str, entry, base: int) -> TensorInfo:
     where = f"{path}: tensor {short_repr(name)}"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # JSON "\ud800" escapes decode to a lone surrogate
+        raise ValueError(f"{where}: the name holds a lone surrogate, not a character") from None
     if not isinstance(entry, dict) or set(entry) != _TENSOR_KEYS:
         got = sorted(entry) if isinstance(entry, dict) else json_type(entry)
         raise ValueError(f"{where}: expected an object with keys dtype, shape, data_offsets; "
