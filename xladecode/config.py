@@ -9,14 +9,28 @@ so a bad checkpoint fails before any weight is read.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import numbers
+import os
 from pathlib import Path
 from typing import Any
+
+from .files import read_json_object, short_repr
 
 # Activation names as transformers spells them, mapped to the function family
 # we implement in gpt2.py. "gelu_new" and "gelu_pytorch_tanh" are the same
 # tanh approximation; "gelu" is the exact erf form.
 SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "silu", "swish")
+
+#: Fields that must be JSON booleans: a string like "no" is truthy in Python
+#: and would silently mean True.
+BOOL_FIELDS = ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+               "tie_word_embeddings")
+
+#: Upper bound of every size: token ids, positions and shapes are int32 in the
+#: graph. A config cannot make us allocate beyond its checkpoint, though: the
+#: loader checks every size against the tensors' headers first (gpt2.py).
+MAX_DIMENSION = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,22 +61,38 @@ class GPT2Config:
 
     def __post_init__(self):
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"config.json: {name}={value!r} must be a positive integer")
+            _check_int(name, getattr(self, name))
+        if self.n_inner is not None:
+            _check_int("n_inner", self.n_inner)
         if self.n_embd % self.n_head:
-            raise ValueError(
-                f"config.json: n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
-            )
-        if self.activation_function not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(
-                f"config.json: activation_function={self.activation_function!r} is not supported; "
-                f"allowed: {', '.join(SUPPORTED_ACTIVATIONS)}"
-            )
-        if not self.layer_norm_epsilon > 0:
-            raise ValueError(
-                f"config.json: layer_norm_epsilon={self.layer_norm_epsilon!r} must be > 0"
-            )
+            _fail("n_embd", self.n_embd, f"must be divisible by n_head={self.n_head}")
+        if not isinstance(self.activation_function, str) or self.activation_function not in SUPPORTED_ACTIVATIONS:
+            _fail("activation_function", self.activation_function,
+                  f"is not supported; allowed: {', '.join(SUPPORTED_ACTIVATIONS)}")
+        eps = self.layer_norm_epsilon
+        if not _is_real(eps) or not math.isfinite(eps) or eps <= 0:
+            _fail("layer_norm_epsilon", eps, "must be a finite number > 0")
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "must be true or false (a JSON boolean)")
+
+    def check_token_ids(self) -> None:
+        """Refuses special-token ids that are not ids of this vocabulary.
+
+        ``bos_token_id`` / ``pad_token_id``: null or one int; ``eos_token_id``:
+        null, one int or a list of ints (any of them ends a sequence); every
+        int in ``[0, vocab_size)``. An id outside the vocabulary would load
+        fine and then fail every generate call, far from its cause. (Not part
+        of ``__post_init__``: configs built in code for random models keep
+        GPT-2's default ids with any vocabulary.)
+        """
+        for name in ("bos_token_id", "pad_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+            if value is not None and not all(_is_int(i) and 0 <= i < self.vocab_size for i in ids):
+                kind = "an int or a list of ints" if name == "eos_token_id" else "one int"
+                _fail(name, value, f"must be null or {kind} in [0, {self.vocab_size - 1}] "
+                                   f"(vocab_size={self.vocab_size})")
 
     @property
     def head_dim(self) -> int:
@@ -74,18 +104,52 @@ class GPT2Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GPT2Config":
-        """Builds a config from a ``config.json`` dict, refusing what we cannot run."""
+        """Builds a config from a ``config.json`` dict, refusing what we cannot run.
+
+        Keys we do not use (``use_cache``, dropout rates, ...) are ignored.
+
+        Raises:
+          ValueError: ``"config.json: field=value is invalid: allowed ..."``.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"config.json: expected a JSON object, got {type(data).__name__}")
         model_type = data.get("model_type", "gpt2")
         if model_type != "gpt2":
-            raise ValueError(f"config.json: model_type={model_type!r} is not supported; allowed: 'gpt2'")
-        if data.get("add_cross_attention", False):
-            raise ValueError("config.json: add_cross_attention=True is not supported; allowed: False")
+            _fail("model_type", model_type, "is not supported; allowed: 'gpt2'")
+        if data.get("add_cross_attention", False) is not False:
+            _fail("add_cross_attention", data["add_cross_attention"], "is not supported; allowed: false")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        config = cls(**{k: v for k, v in data.items() if k in names})
+        config.check_token_ids()
+        return config
 
     @classmethod
     def from_json(cls, path: str | Path) -> "GPT2Config":
+        """Reads ``config.json`` (a regular file holding one JSON object, see
+        ``files.read_json_object``) and builds the config from it.
+
+        Raises:
+          FileNotFoundError: no such file.
+          ValueError: the file is not a JSON object, or a field is invalid.
+        """
         path = Path(path)
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"config.json not found: {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_json_object(path))
+
+
+def _fail(field: str, value, allowed: str):
+    raise ValueError(f"config.json: {field}={short_repr(value)} is invalid: {allowed}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_int(field: str, value) -> None:
+    if not _is_int(value) or not 1 <= value <= MAX_DIMENSION:
+        _fail(field, value, f"must be an integer in [1, {MAX_DIMENSION}]")

@@ -17,14 +17,17 @@ Two entry points share one transformer body:
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
+from typing import Mapping, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
 from . import kv_cache, positions as pos
-from .checkpoint import read_weights
+from . import checkpoint, safetensors_file
 from .config import GPT2Config
+from .files import short_repr
 
 #: Tensors kept transposed, ``[n_embd, vocab]`` instead of HF's ``[vocab, n_embd]``.
 #: The LM head multiplies by this matrix at every step, and XLA:CPU's dot is
@@ -38,6 +41,10 @@ STORED_TRANSPOSED = ("wte.weight", "lm_head.weight")
 # Buffers that old GPT-2 checkpoints carry but that are not parameters (the
 # causal mask as a tensor); we build masks ourselves and skip these.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+_LAYER = re.compile(r"h\.(\d+)\.")  # "h.3.attn.c_attn.weight" -> "3"
+
+T = TypeVar("T")
 
 
 def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
@@ -64,18 +71,23 @@ def param_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def map_hf_weights(config: GPT2Config, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def map_hf_weights(config: GPT2Config, tensors: Mapping[str, T]) -> dict[str, T]:
     """Checks and renames a checkpoint's tensors to :func:`param_shapes` names.
 
     ``GPT2LMHeadModel`` files prefix names with ``transformer.``; ``GPT2Model``
     files do not. A tied ``lm_head.weight`` is dropped (it is ``wte``).
+    ``tensors`` may be numpy arrays or header records
+    (``safetensors_file.TensorInfo``): only ``.shape`` and ``.dtype`` are
+    used, so the check can run before any weight is read.
 
     Raises:
       ValueError: naming the tensor, the expected and the actual shape, for a
-        missing, unexpected or misshaped tensor.
+        missing, unexpected, duplicated, misshaped or non-float tensor; and
+        naming config.json when it claims more layers than the checkpoint has.
     """
+    _check_layer_count(config, tensors)
     expected = param_shapes(config)
-    found: dict[str, np.ndarray] = {}
+    found: dict[str, T] = {}
     for name, array in tensors.items():
         short = name.removeprefix("transformer.")
         if short.endswith(_IGNORED_SUFFIXES):
@@ -83,16 +95,36 @@ def map_hf_weights(config: GPT2Config, tensors: dict[str, np.ndarray]) -> dict[s
         if short == "lm_head.weight" and config.tie_word_embeddings:
             continue
         if short not in expected:
-            raise ValueError(f"unexpected tensor {name!r} with shape {tuple(array.shape)} in checkpoint")
+            raise ValueError(f"unexpected tensor {short_repr(name)} with shape {tuple(array.shape)} in checkpoint")
+        if short in found:  # "wte.weight" beside "transformer.wte.weight": which one is meant?
+            raise ValueError(f"tensor {short!r} appears twice in the checkpoint, with and "
+                             "without the 'transformer.' prefix")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"tensor {name!r} has dtype {array.dtype}; weights must be floats")
         found[short] = array
     for name, shape in expected.items():
         if name not in found:
             raise ValueError(f"missing tensor {name!r}: expected shape {shape}")
         if tuple(found[name].shape) != shape:
             raise ValueError(
-                f"tensor {name!r} has shape {tuple(found[name].shape)}, expected {shape}"
+                f"tensor {name!r} has shape {tuple(found[name].shape)}, expected {shape} "
+                "(from config.json)"
             )
     return found
+
+
+def _check_layer_count(config: GPT2Config, tensors) -> None:
+    """config.json's n_layer against the layers the checkpoint has tensors for.
+
+    Runs first because :func:`param_shapes` makes 12 entries per layer: a
+    config claiming a billion layers must fail here, not fill the memory.
+    (Every other size only enters shapes, compared one by one afterwards.)
+    """
+    layers = {match.group(1) for name in tensors
+              if (match := _LAYER.match(name.removeprefix("transformer.")))}
+    if config.n_layer > len(layers):
+        raise ValueError(f"config.json: n_layer={config.n_layer}, but the checkpoint has "
+                         f"tensors for {len(layers)} layers")
 
 
 def _activation(name: str):
@@ -155,10 +187,24 @@ class GPT2(tf.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype=tf.float32) -> "GPT2":
-        """Loads ``config.json`` + safetensors weights from a checkpoint folder."""
+        """Loads ``config.json`` + safetensors weights from a checkpoint folder.
+
+        The order bounds memory by the checkpoint's size, whatever config.json
+        claims: validate config.json, then the safetensors headers, then
+        compare the two (names, shapes, dtypes), and only then read the
+        tensors it keeps, and build the variables from them.
+
+        Raises:
+          FileNotFoundError: no config.json or no safetensors weights.
+          ValueError: an invalid config or file, or config and tensors that
+            disagree (see ``checkpoint.read_headers`` and :func:`map_hf_weights`).
+        """
         folder = Path(folder)
         config = GPT2Config.from_json(folder / "config.json")
-        return cls(config, map_hf_weights(config, read_weights(folder)), dtype=dtype)
+        headers = map_hf_weights(config, checkpoint.read_headers(folder))
+        weights = safetensors_file.read_tensors(headers)
+        checkpoint.check_finite(headers, weights)
+        return cls(config, weights, dtype=dtype)
 
     def hf_weights(self) -> dict[str, np.ndarray]:
         """The weights as numpy arrays in the Hugging Face checkpoint layout (float32)."""

@@ -234,11 +234,9 @@ def load(path_or_name: str | os.PathLike | None = None, *, dtype: str = "float32
         weights (pickle checkpoints are refused, with how to convert).
       ValueError: an unsupported config value, or missing/extra/misshaped tensors.
     """
-    if dtype not in ("float32", "bfloat16"):
-        validation.fail("dtype", dtype, 'must be "float32" or "bfloat16"')
+    if not isinstance(dtype, str) or dtype not in ("float32", "bfloat16"):  # tf.bfloat16 == "bfloat16"!
+        validation.fail("dtype", dtype, 'must be the string "float32" or "bfloat16"')
     folder = default_model_path() if path_or_name is None else resolve_checkpoint(path_or_name)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"config.json not found in {folder}")
     model = GPT2.from_pretrained(folder, dtype=getattr(tf, dtype))
     try:
         tokenizer = Tokenizer.from_folder(folder)

@@ -29,7 +29,34 @@ import numpy as np
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as _HFTokenizer
 
+from .files import read_bytes, read_json_object, short_repr
+
 EOS_TOKEN = "<|endoftext|>"
+
+#: Largest tokenizer file we read: GPT-2's tokenizer.json is 1.4 MB, the
+#: largest vocabularies' are ~35 MB.
+MAX_TOKENIZER_BYTES = 256 << 20
+
+
+def _utf8_text(path) -> str:
+    """A tokenizer file's text: a regular file of at most MAX_TOKENIZER_BYTES, valid UTF-8."""
+    try:
+        return read_bytes(path, MAX_TOKENIZER_BYTES).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
+
+
+def _check_merges(path, text: str) -> None:
+    """The rule ``tokenizers`` applies to merges.txt, checked first to name the
+    real line: every line but ``#version`` ones is two tokens and one space."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        line = line.removesuffix("\r")
+        if not line.startswith("#version") and len(line.split(" ")) != 2:
+            raise ValueError(f"{path}: line {number} must be two tokens separated by one space, "
+                             f"got {short_repr(line)}")
 
 
 class Tokenizer:
@@ -41,8 +68,23 @@ class Tokenizer:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_vocab_merges(cls, vocab_path, merges_path) -> "Tokenizer":
-        """Builds GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt``."""
-        tok = _HFTokenizer(models.BPE.from_file(str(vocab_path), str(merges_path)))
+        """Builds GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt``.
+
+        Raises:
+          ValueError: naming the file: vocab.json is not a JSON object of
+            token -> id, or merges.txt is not valid UTF-8 / BPE merges for it.
+        """
+        vocab = read_json_object(vocab_path, MAX_TOKENIZER_BYTES)
+        for token, token_id in vocab.items():
+            if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < 2**31:
+                raise ValueError(f"{vocab_path}: the id of token {short_repr(token)} must be an "
+                                 f"int in [0, 2**31), got {short_repr(token_id)}")
+        _check_merges(merges_path, _utf8_text(merges_path))
+        try:
+            model = models.BPE.from_file(os.fspath(vocab_path), os.fspath(merges_path))
+        except Exception as error:  # tokenizers raises plain Exception for every problem
+            raise ValueError(f"{merges_path}: not valid BPE merges for {vocab_path}: {error}") from None
+        tok = _HFTokenizer(model)
         # GPT-2 does not prepend a space to the first word: "TensorFlow" -> "T", ...
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -53,15 +95,36 @@ class Tokenizer:
         return cls(tok)
 
     @classmethod
+    def from_tokenizer_json(cls, path) -> "Tokenizer":
+        """Loads a ``tokenizer.json`` (the ``tokenizers`` library's own format).
+
+        Raises:
+          ValueError: naming the file, if it is not a valid tokenizer.json.
+        """
+        text = _utf8_text(path)
+        try:
+            return cls(_HFTokenizer.from_str(text))
+        except Exception as error:  # tokenizers raises plain Exception for every problem
+            raise ValueError(f"{path}: not a valid tokenizer.json: {error}") from None
+
+    @classmethod
     def from_folder(cls, path) -> "Tokenizer":
-        """Loads ``tokenizer.json``, else ``vocab.json`` + ``merges.txt``."""
+        """Loads ``tokenizer.json``, else ``vocab.json`` + ``merges.txt``.
+
+        Raises:
+          FileNotFoundError: neither is there.
+          ValueError: naming the file, if the one found is corrupt.
+        """
         folder = os.fspath(path)
         tok_json = os.path.join(folder, "tokenizer.json")
         vocab = os.path.join(folder, "vocab.json")
         merges = os.path.join(folder, "merges.txt")
-        if os.path.isfile(tok_json):
-            return cls(_HFTokenizer.from_file(tok_json))
-        if os.path.isfile(vocab) and os.path.isfile(merges):
+        for path in (tok_json, vocab, merges):
+            if os.path.islink(path) and not os.path.exists(path):  # not "absent": broken
+                raise ValueError(f"{path} is a symlink to a missing file")
+        if os.path.lexists(tok_json):
+            return cls.from_tokenizer_json(tok_json)
+        if os.path.lexists(vocab) and os.path.lexists(merges):
             return cls.from_vocab_merges(vocab, merges)
         raise FileNotFoundError(
             f"no tokenizer in {folder!r}: looked for 'tokenizer.json' or "
