@@ -158,7 +158,7 @@ def test_malformed_lines_are_reported_and_the_run_goes_on(text_lm, tmp_path):
     assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 9, 12] and report.errors == 9
     assert "invalid JSON" in reasons[2]
     assert "missing \"prompt\"" in reasons[3]
-    assert "empty prompt" in reasons[4]
+    assert "prompt='' is invalid: must be a non-empty string" in reasons[4]
     assert "too long" in reasons[5] and "n_positions=64" in reasons[5]
     assert "duplicate id 'a' (first on line 1)" in reasons[6]
     assert "JSON object" in reasons[7]

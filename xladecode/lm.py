@@ -381,8 +381,7 @@ class LanguageModel:
         if isinstance(prompts, str):
             prompts = [prompts]
         for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str) or not prompt:
-                validation.fail(f"prompts[{i}]", prompt, "must be a non-empty string")
+            validation.prompt_text(f"prompts[{i}]", prompt)
         resolved = self._resolve(kwargs)
         eos = validation.token_ids("eos_token_id", resolved["eos_token_id"], self.model.vocab_size)
         pad_id = resolved["pad_token_id"]

@@ -122,3 +122,29 @@ def seeds(value, rows: int) -> np.ndarray:
         fail("seed", value, "each seed must fit in 32 bits")
     # Values >= 2^31 wrap to negative int32: the bits are what matter.
     return array.astype(np.int64).astype(np.uint32).view(np.int32).reshape(rows, 2).copy()
+
+
+def unicode_text(name: str, value: str) -> str:
+    """``value`` if it is valid Unicode text, i.e. it can be written as UTF-8.
+
+    A lone surrogate (U+D800..U+DFFF) cannot: it comes from a JSON escape such
+    as ``"\\ud800"``, or from bytes that were not UTF-8 (Python decodes argv
+    and file names with ``surrogateescape``). Tokenizers reject it with a
+    bare ``TypeError`` and UTF-8 writers with ``UnicodeEncodeError``.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        fail(name, shown, f"contains a lone surrogate U+{ord(value[error.start]):04X} at index "
+                          f"{error.start}: not valid Unicode text")
+    return value
+
+
+def prompt_text(name: str, value) -> str:
+    """A prompt: a non-empty ``str`` of valid Unicode (see :func:`unicode_text`)."""
+    if isinstance(value, (bytes, bytearray)):
+        fail(name, value, "must be a str, not bytes: decode it first (e.g. .decode('utf-8'))")
+    if not isinstance(value, str) or not value:
+        fail(name, value, "must be a non-empty string")
+    return unicode_text(name, value)
