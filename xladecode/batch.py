@@ -63,6 +63,7 @@ import json
 import math
 import numbers
 import os
+import reprlib
 import sys
 import time
 from pathlib import Path
@@ -333,7 +334,7 @@ def _line_id(data: dict, line_no: int):
     """The line's ``id``: a string (valid Unicode) or an integer; the line number when absent."""
     ident = data.get("id", line_no)
     if isinstance(ident, bool) or not isinstance(ident, (str, int)):
-        validation.fail("id", ident, "must be a string or an integer")
+        raise ValueError(f"id={reprlib.repr(ident)} is invalid: must be a string or an integer")
     return validation.unicode_text("id", ident) if isinstance(ident, str) else ident
 
 

@@ -42,8 +42,7 @@ MAX_LINE_BYTES = 1 << 20
 #: Longest line of a file we wrote ourselves (results hold several completions).
 MAX_RECORD_BYTES = 64 << 20
 
-_JSON_TYPE = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
-              bool: "true/false", type(None): "null"}
+_JSON_KIND = {list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
 # ------------------------------------------------------------------ reading
@@ -118,15 +117,17 @@ def parse_object(raw: bytes, first_line: bool = False) -> dict:
     try:
         data = json.loads(text, object_pairs_hook=_object_without_duplicates)
     except json.JSONDecodeError as error:
-        raise ValueError(f"invalid JSON: {error.msg} at column {error.colno}") from None
+        message = error.msg.removesuffix(" at")  # "Invalid control character at"
+        raise ValueError(f"invalid JSON: {message} at column {error.colno}") from None
     except _DuplicateKey as error:
         raise ValueError(f"invalid JSON object: key {error.args[0]!r} appears twice") from None
     except RecursionError:
         raise ValueError("invalid JSON: nested too deeply") from None
-    except ValueError as error:  # e.g. an integer literal over Python's digit limit
-        raise ValueError(f"invalid JSON: {error}") from None
+    except ValueError as error:  # an integer literal over Python's digit limit (the advice is for coders)
+        raise ValueError(f"invalid JSON: {str(error).split(';')[0]}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {_JSON_TYPE.get(type(data), type(data).__name__)}")
+        kind = _JSON_KIND.get(type(data)) or json.dumps(data)  # true, false, null
+        raise ValueError(f"expected a JSON object, got {kind}")
     return data
 
 

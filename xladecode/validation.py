@@ -144,7 +144,9 @@ def unicode_text(name: str, value: str) -> str:
 def prompt_text(name: str, value) -> str:
     """A prompt: a non-empty ``str`` of valid Unicode (see :func:`unicode_text`)."""
     if isinstance(value, (bytes, bytearray)):
-        fail(name, value, "must be a str, not bytes: decode it first (e.g. .decode('utf-8'))")
+        # (not fail(): it would show the bytes' repr as a quoted string)
+        raise ValueError(f"{name}={_short(value)} is invalid: must be a str, not bytes: decode it first "
+                         "(e.g. .decode('utf-8'))")
     if not isinstance(value, str) or not value:
         fail(name, value, "must be a non-empty string")
     return unicode_text(name, value)
