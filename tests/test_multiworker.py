@@ -56,6 +56,8 @@ def test_two_workers_equal_one_process_and_a_dead_worker_fails_the_other(tiny_lm
     watchdog = threading.Timer(WATCHDOG_S, lambda: [w.kill() for w in workers])
     watchdog.start()
     try:
+        # The single-process reference, computed while the workers start up.
+        expected = tiny_lm.generate(np.array(IDS), np.array(MASK), seed=np.array(SEEDS), **OPTIONS).sequences
         victim, survivor = workers[VICTIM], workers[1 - VICTIM]
         victim_rows = victim.stdout.readline()
         assert victim.stdout.readline() == "ready\n", _stderr(logs)
@@ -70,7 +72,6 @@ def test_two_workers_equal_one_process_and_a_dead_worker_fails_the_other(tiny_lm
     lines = out.splitlines()
     assert len(lines) == 3 and lines[1] == "ready", (out, _stderr(logs))
 
-    expected = tiny_lm.generate(np.array(IDS), np.array(MASK), seed=np.array(SEEDS), **OPTIONS).sequences
     for rows in (json.loads(victim_rows), json.loads(lines[0])):
         np.testing.assert_array_equal(np.array(rows["sequences"]), expected)
     assert expected.shape == (5, 11)  # 5 rows over 2 replicas: the padding row was dropped

@@ -181,10 +181,10 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
       :class:`BatchReport`.
 
     Raises:
-      ValueError: a bad argument or decoding option (before anything is written).
-      ValueError: two of input, output and errors are the same file; or
-        (``resume``) the output, or the errors file, was not written by
-        xladecode. Nothing is written or cut.
+      ValueError: a bad argument or decoding option; two of input, output
+        and errors are the same file; or the output (``resume``) or a
+        non-empty errors file was not written by xladecode. Raised before
+        anything is written or cut.
       FileExistsError: the output exists and is not empty, without ``resume``.
       IsADirectoryError: the output or errors path is a directory.
       OSError: the input cannot be read, or writing the output failed (the
@@ -300,7 +300,7 @@ def _chunks(source, size: int) -> Iterator[list[tuple[int, bytes | None]]]:
         yield chunk
 
 
-def _parse_line(line_no: int, raw: bytes, lm, n_new: int, seed, seen: dict) -> _Item | None:
+def _parse_line(line_no: int, raw: bytes | None, lm, n_new: int, seed, seen: dict) -> _Item | None:
     """One input line -> an :class:`_Item`, None for a blank line; raises :class:`_LineError`."""
     if raw is None:
         raise _LineError(f"line longer than {jsonl.MAX_LINE_BYTES} bytes (not read)")
