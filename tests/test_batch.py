@@ -14,7 +14,7 @@ import random
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -158,7 +158,7 @@ def test_malformed_lines_are_reported_and_the_run_goes_on(text_lm, tmp_path):
     assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 9, 12] and report.errors == 9
     assert "invalid JSON" in reasons[2]
     assert "missing \"prompt\"" in reasons[3]
-    assert "empty prompt" in reasons[4]
+    assert "prompt='' is invalid: must be a non-empty string" in reasons[4]
     assert "too long" in reasons[5] and "n_positions=64" in reasons[5]
     assert "duplicate id 'a' (first on line 1)" in reasons[6]
     assert "JSON object" in reasons[7]
@@ -222,15 +222,21 @@ def test_cli_needs_exactly_one_of_prompt_or_input(capsys):
     assert "--input" in capsys.readouterr().err
 
 
-# Runs the real CLI, slowed down to one batch a second so the interrupt lands mid-job.
-_SLOW_CLI = """
-import sys, time
+# Runs the real CLI. Its second batch announces itself on stdout (the CLI prints
+# nothing else there in batch mode) and waits for a signal: the test's SIGINT
+# lands mid-job by construction, however busy the machine.
+_INTERRUPTIBLE_CLI = """
+import signal, sys
 from xladecode import lm
 generate = lm.LanguageModel.generate
-def slow_generate(self, *args, **kwargs):
-    time.sleep(1.0)
+calls = []
+def generate_then_wait_for_sigint(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # batch 1 is written and fsync-ed before batch 2 starts
+        print("batch 2 started", flush=True)
+        signal.pause()  # Python's SIGINT handler raises KeyboardInterrupt here (or before, if early)
     return generate(self, *args, **kwargs)
-lm.LanguageModel.generate = slow_generate
+lm.LanguageModel.generate = generate_then_wait_for_sigint
 from xladecode.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -241,17 +247,22 @@ def test_sigint_keeps_finished_batches_and_resume_finishes(text_model, prompts_f
     args = ["generate", "--input", str(prompts_file), "--output", str(out), "--model", str(text_model),
             "--batch-size", "4", "--max-new-tokens", "6", "--no-do-sample"]
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    job = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, *args], cwd=REPO, env=env,
+    job = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE_CLI, *args], cwd=REPO, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out.exists() and out.read_text().count("\n") >= 4):  # the first batch is saved
-        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
-        time.sleep(0.05)
-    job.send_signal(signal.SIGINT)
-    _, stderr = job.communicate(timeout=60)
+    watchdog = threading.Timer(600, job.kill)  # a safety net against a hang, not a timing assumption
+    watchdog.start()
+    try:
+        marker = job.stdout.readline()  # blocks until batch 2 starts (or the job dies: "")
+        if marker != "batch 2 started\n":
+            job.kill()
+            pytest.fail(f"no marker from the job: {marker!r} {job.communicate()}")
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate()
+    finally:
+        watchdog.cancel()
+        job.kill()  # no-op once it has exited; never leave a blocked job behind
     assert job.returncode == 130, stderr
     assert "interrupted" in stderr and "--resume" in stderr
-    saved = read_results(out)
-    assert 4 <= len(saved) < 9 and len(saved) % 4 == 0  # whole batches only
+    assert len(read_results(out)) == 4  # batch 1 exactly: whole batches only
     assert cli.main(args + ["--resume", "--no-progress"]) == 0
     assert read_results(out) == greedy_results

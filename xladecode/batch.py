@@ -40,10 +40,18 @@ How it works, and why
 * **Resume.** ``resume=True`` reads the ids already in the output (cutting off
   a truncated last line), skips them, and appends the rest: over any number
   of interrupted runs, every id is produced exactly once.
-* **Bad lines** (invalid JSON or UTF-8, no / empty / non-string prompt, a
-  prompt too long for the model, a duplicate or invalid id, a bad seed) are
-  reported to the errors file (default ``OUTPUT.errors.jsonl``) as
-  ``{"line": N, "id": ..., "reason": "..."}`` and the run goes on.
+* **Bad lines** (invalid JSON or UTF-8, a line over 1 MiB, no / empty /
+  non-string prompt, text that is not valid Unicode (a lone surrogate such
+  as ``"\ud800"``), a prompt the tokenizer rejects or that is too long for
+  the model, a duplicate or invalid id, a bad seed) are reported to the
+  errors file (default ``OUTPUT.errors.jsonl``) as ``{"line": N, "id": ...,
+  "reason": "..."}`` and the run goes on: the good lines around them are
+  written. Keys other than ``id``, ``prompt`` and ``seed`` are ignored. A
+  UTF-8 byte order mark and CRLF line ends are accepted.
+* **No clobbering** (``jsonl.py``). Input, output and errors must be three
+  different files (symlinks and hard links see through), checked before
+  anything is written; resuming, or overwriting an errors file, refuses a
+  file that xladecode did not write.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import reprlib
 import sys
 import time
 from pathlib import Path
@@ -59,7 +68,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import validation
+from . import jsonl, validation
 from .options import GenerationOptions, UnknownOptionError
 
 
@@ -167,8 +176,12 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
       :class:`BatchReport`.
 
     Raises:
-      ValueError: a bad argument or decoding option (before anything is written).
+      ValueError: a bad argument or decoding option; two of input, output
+        and errors are the same file; or the output (``resume``) or a
+        non-empty errors file was not written by xladecode. Raised before
+        anything is written or cut.
       FileExistsError: the output exists and is not empty, without ``resume``.
+      IsADirectoryError: the output or errors path is a directory.
       OSError: the input cannot be read, or writing the output failed (the
         message says how many results are safely written; rerun with
         ``resume=True``).
@@ -195,12 +208,18 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
     input_path, output_path = Path(input_path), Path(output_path)
     errors_path = Path(errors_path) if errors_path is not None else output_path.with_name(
         output_path.name + ".errors.jsonl")
-    source = _open_input(input_path)
+    source = jsonl.open_input(input_path)
     report = BatchReport(output_path=str(output_path), errors_path=str(errors_path), seed=seed)
     try:
-        done = _prepare_output(output_path, resume)
-        reported = _reported_lines(errors_path) if resume else set()
-        total_lines = _count_lines(input_path) if progress else None
+        # Every check that can refuse comes before the first byte is written or cut.
+        jsonl.refuse_same_file({"input_path": input_path, "output_path": output_path,
+                                "errors_path": errors_path})
+        reported, errors_end = _reported_lines(errors_path, resume)
+        done, output_end = _prepare_output(output_path, resume)
+        total_lines = jsonl.count_lines(input_path) if progress else None
+        if resume:  # cut the torn last lines of a killed run, now that nothing was refused
+            jsonl.cut_to(output_path, output_end)
+            jsonl.cut_to(errors_path, errors_end)
         writer = _ResultWriter(output_path, errors_path, truncate_errors=not resume)
     except BaseException:
         source.close()
@@ -256,18 +275,11 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
 
 
 # ------------------------------------------------------------------ reading
-def _open_input(path: Path):
-    try:
-        return open(path, "rb")  # bytes: a bad UTF-8 line is one error, not a crash
-    except OSError as error:
-        raise OSError(error.errno, f"cannot read input_path={str(path)!r}: {error.strerror}") from error
-
-
-def _chunks(source, size: int) -> Iterator[list[tuple[int, bytes]]]:
-    """``(line_number, raw_line)`` lists of at most ``size`` lines, numbered from 1."""
+def _chunks(source, size: int) -> Iterator[list[tuple[int, bytes | None]]]:
+    """``(line_number, raw_line)`` lists of at most ``size`` lines (see :func:`jsonl.read_lines`)."""
     chunk = []
-    for number, raw in enumerate(source, start=1):
-        chunk.append((number, raw))
+    for line in jsonl.read_lines(source):
+        chunk.append(line)
         if len(chunk) == size:
             yield chunk
             chunk = []
@@ -275,47 +287,25 @@ def _chunks(source, size: int) -> Iterator[list[tuple[int, bytes]]]:
         yield chunk
 
 
-def _count_lines(path: Path) -> int | None:
-    """Lines in a regular file (for the ETA), or None for a pipe / FIFO."""
-    if not path.is_file():
-        return None
-    count, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            count += block.count(b"\n")
-            last = block[-1:]
-    return count + (last != b"\n")
-
-
-def _parse_line(line_no: int, raw: bytes, lm, n_new: int, seed, seen: dict) -> _Item | None:
+def _parse_line(line_no: int, raw: bytes | None, lm, n_new: int, seed, seen: dict) -> _Item | None:
     """One input line -> an :class:`_Item`, None for a blank line; raises :class:`_LineError`."""
+    if raw is None:
+        raise _LineError(f"line longer than {jsonl.MAX_LINE_BYTES} bytes (not read)")
     if not raw.strip():
         return None
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise _LineError(f"invalid UTF-8 at byte {error.start}")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _LineError(f"invalid JSON: {error.msg} at column {error.colno}")
-    if not isinstance(data, dict):
-        raise _LineError(f"expected a JSON object, got {type(data).__name__}")
-    ident = data.get("id", line_no)
-    if isinstance(ident, bool) or not isinstance(ident, (str, int)):
-        raise _LineError(f"id={ident!r} is invalid: must be a string or an integer")
+        data = jsonl.parse_object(raw, first_line=line_no == 1)
+        ident = _line_id(data, line_no)
+    except ValueError as error:
+        raise _LineError(str(error))
     if "prompt" not in data:
         raise _LineError('missing "prompt"', ident)
-    prompt = data["prompt"]
-    if not isinstance(prompt, str):
-        raise _LineError(f'"prompt" must be a string, got {type(prompt).__name__}', ident)
-    if not prompt:
-        raise _LineError("empty prompt", ident)
     try:
+        prompt = validation.prompt_text("prompt", data["prompt"])
         pair = validation.seed_pair("seed", data["seed"]) if "seed" in data else line_seed(seed, ident)
     except ValueError as error:
         raise _LineError(str(error), ident)
-    tokens = lm.tokenizer.encode(prompt)
+    tokens = _encode(lm, prompt, ident)
     limit = lm.model.max_positions
     if len(tokens) + n_new > limit:
         raise _LineError(f"prompt too long: {len(tokens)} tokens + max_new_tokens={n_new} > "
@@ -325,6 +315,30 @@ def _parse_line(line_no: int, raw: bytes, lm, n_new: int, seed, seen: dict) -> _
         raise _LineError(f"duplicate id {ident!r} (first on line {seen[key]})", ident)
     seen[key] = line_no
     return _Item(line_no, ident, prompt, tokens, pair)
+
+
+def _line_id(data: dict, line_no: int):
+    """The line's ``id``: a string (valid Unicode) or an integer; the line number when absent."""
+    ident = data.get("id", line_no)
+    if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+        raise ValueError(f"id={reprlib.repr(ident)} is invalid: must be a string or an integer")
+    return validation.unicode_text("id", ident) if isinstance(ident, str) else ident
+
+
+def _encode(lm, prompt: str, ident) -> list[int]:
+    """The prompt's tokens; a prompt the tokenizer or the model cannot take is a line error."""
+    try:
+        tokens = lm.tokenizer.encode(prompt)
+    except Exception as error:  # a tokenizer from a stranger's tokenizer.json may raise anything
+        raise _LineError(f"the tokenizer rejected the prompt: {type(error).__name__}: {error}", ident)
+    if not tokens:
+        raise _LineError("the prompt encodes to no tokens", ident)
+    vocab = lm.model.vocab_size
+    if max(tokens) >= vocab or min(tokens) < 0:
+        bad = max(tokens) if max(tokens) >= vocab else min(tokens)
+        raise _LineError(f"the tokenizer gave token id {bad}, outside the model's vocabulary "
+                         f"[0, {vocab - 1}]: tokenizer and checkpoint do not match", ident)
+    return tokens
 
 
 def _id_key(ident) -> str:
@@ -358,50 +372,37 @@ def _decode_batch(lm, batch: list[_Item], checked: GenerationOptions, jit_compil
 
 
 # ------------------------------------------------------------------ writing
-def _prepare_output(path: Path, resume: bool) -> set[str]:
-    """Checks the output file; on resume returns the ids already in it (as :func:`_id_key`)."""
-    exists = path.exists() and path.stat().st_size > 0
-    if not resume:
-        if exists:
-            raise FileExistsError(f"output_path={str(path)!r} already exists and is not empty: pass "
-                                  "resume=True (--resume) to continue it, or choose another path")
-        return set()
-    done = set()
-    if exists:
-        for record in _read_complete_records(path):
-            if isinstance(record, dict) and "id" in record:
-                done.add(_id_key(record["id"]))
-    return done
+def _prepare_output(path: Path, resume: bool) -> tuple[set[str], int]:
+    """Checks the output file; on resume returns the ids already in it (as :func:`_id_key`).
 
-
-def _reported_lines(errors_path: Path) -> set[int]:
-    """Line numbers already reported in an errors file (resume: not reported twice)."""
-    if not errors_path.exists():
-        return set()
-    return {r["line"] for r in _read_complete_records(errors_path) if isinstance(r, dict) and "line" in r}
-
-
-def _read_complete_records(path: Path) -> Iterator:
-    """JSON records of a file we wrote, cutting off a truncated last line.
-
-    A run killed mid-write can leave a last line without its newline (or with
-    half its JSON). That line's result was not saved: the file is truncated
-    to the end of the last complete line, so the id is produced again.
+    Also returns where its complete records end: a torn last line (a run
+    killed mid-write) is cut there, and its id produced again. A file that
+    is not ours is refused (:func:`jsonl.read_keys`).
     """
-    good_end = 0
-    with open(path, "rb+") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break  # the truncated tail
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                break  # a garbled line: treat it and everything after as not written
-            good_end += len(raw)
-            yield record
-        f.seek(0, os.SEEK_END)
-        if f.tell() != good_end:
-            f.truncate(good_end)
+    if not _non_empty_file(path):
+        return set(), 0
+    if not resume:
+        raise FileExistsError(f"output_path={str(path)!r} already exists and is not empty: pass "
+                              "resume=True (--resume) to continue it, or choose another path")
+    ids, end = jsonl.read_keys(path, "output_path", "id")
+    return {_id_key(i) for i in ids}, end
+
+
+def _reported_lines(errors_path: Path, resume: bool) -> tuple[set[int], int]:
+    """Line numbers already reported in an errors file (resume: not reported twice), and their end.
+
+    Without ``resume`` the file is about to be overwritten: it is read only
+    to make sure it is an errors file of ours, not someone's data.
+    """
+    if not _non_empty_file(errors_path):
+        return set(), 0
+    lines, end = jsonl.read_keys(errors_path, "errors_path", "line")
+    return (set(lines) if resume else set()), end
+
+
+def _non_empty_file(path: Path) -> bool:
+    """A regular file with content (devices and FIFOs have nothing to resume or protect)."""
+    return path.is_file() and path.stat().st_size > 0
 
 
 class _ResultWriter:
@@ -409,16 +410,20 @@ class _ResultWriter:
 
     def __init__(self, output_path: Path, errors_path: Path, truncate_errors: bool):
         self.output_path, self.errors_path = output_path, errors_path
+        self._out = self._err = None
         try:
             self._out = open(output_path, "a", encoding="utf-8")
             self._err = open(errors_path, "w" if truncate_errors else "a", encoding="utf-8")
         except OSError as error:
+            self.close()
             raise OSError(error.errno, f"cannot write output: {error.filename}: {error.strerror}") from error
+        # fsync is for files; a pipe or /dev/null has nothing to make durable (and refuses it).
+        self._sync_out, self._sync_err = jsonl.is_regular(self._out), jsonl.is_regular(self._err)
         self._pending_errors = False
 
     def results(self, records: list[dict], already_saved: int) -> None:
         """Writes one batch's records durably (one write, flush, fsync)."""
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        data = "".join(jsonl.dumps(r) for r in records)
         try:
             self.write_batch(data)
             self.sync_errors()
@@ -431,22 +436,25 @@ class _ResultWriter:
     def write_batch(self, data: str) -> None:
         self._out.write(data)
         self._out.flush()
-        os.fsync(self._out.fileno())
+        if self._sync_out:
+            os.fsync(self._out.fileno())
 
     def error(self, record: dict) -> None:
-        self._err.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._err.write(jsonl.dumps(record))
         self._pending_errors = True
 
     def sync_errors(self) -> None:
         if self._pending_errors:
             self._err.flush()
-            os.fsync(self._err.fileno())
+            if self._sync_err:
+                os.fsync(self._err.fileno())
             self._pending_errors = False
 
     def close(self) -> None:
         for f in (self._out, self._err):
             try:
-                f.close()
+                if f is not None:
+                    f.close()
             except OSError:
                 pass  # the error that matters was raised already
 

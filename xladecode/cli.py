@@ -4,6 +4,10 @@ Generated text goes to stdout and nothing else does: loading, compile and
 timing diagnostics go to stderr, so ``xladecode generate ... > out.txt``
 captures only text.
 
+TensorFlow is imported only once the arguments are checked, so ``--help``
+and argument errors answer at once; and its C++ start-up log lines (CUDA
+probing and the like) are kept off the terminal unless ``--verbose``.
+
 ``xladecode generate --input prompts.jsonl --output results.jsonl`` runs a
 batch job over a file instead (``batch.py``); ``xladecode export PATH``
 writes a SavedModel (``export.py``).
@@ -12,8 +16,10 @@ writes a SavedModel (``export.py``).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import tempfile
 import time
 
 
@@ -43,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xladecode", description="Text generation whose whole decoding loop is one XLA graph.")
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="continue one or more prompts",
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow's own log lines (hidden by default)")
+    g = sub.add_parser("generate", help="continue one or more prompts", parents=[common],
                        description="Continue PROMPT(s) with a GPT-2 checkpoint; prints prompt + "
                                    "continuation on stdout, diagnostics on stderr.")
     g.add_argument("prompt", nargs="*", help="prompt text; several prompts are decoded as one batch "
@@ -58,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-jit", action="store_true", help="run the same graph without XLA")
     g.add_argument("--continuation-only", action="store_true", help="print only the new text")
     _add_batch_arguments(g)
-    _add_export_parser(sub)
+    _add_export_parser(sub, common)
     return parser
 
 
@@ -112,8 +121,9 @@ def _add_batch_arguments(g) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
-def _add_export_parser(sub) -> None:
+def _add_export_parser(sub, common) -> None:
     e = sub.add_parser("export", help="write a TensorFlow SavedModel with the decoding loop inside",
+                       parents=[common],
                        description="Write the model and its whole XLA decoding loop as a SavedModel "
                                    "(serving_default signature; tokenizer files in PATH/assets/).")
     e.add_argument("path", help="directory to create; for TensorFlow Serving use .../NAME/1")
@@ -138,11 +148,13 @@ def _add_export_parser(sub) -> None:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ chatter off the terminal
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "generate":
         _check_prompt_or_input(parser, args)
+        _check_text_arguments(parser, args)
+    if not args.verbose:
+        _import_tensorflow_quietly()
     import xladecode  # imported late: --help stays instant
 
     def log(message):
@@ -191,6 +203,60 @@ def _check_prompt_or_input(parser, args) -> None:
                                          ("--errors", args.errors)) if value]
         if used:
             parser.error(f"{used[0]} is only valid with --input")
+
+
+def _check_text_arguments(parser, args) -> None:
+    """Prompts and ``--bad-words`` must be UTF-8 text.
+
+    Python decodes argv with ``surrogateescape``: a byte that is not UTF-8
+    (``$'\\xff'`` in bash) becomes a lone surrogate, which no tokenizer or
+    UTF-8 writer takes. Paths may hold such bytes (Linux file names are
+    bytes), so only text arguments are checked.
+    """
+    texts = [(f"PROMPT {i + 1}", p) for i, p in enumerate(args.prompt)]
+    texts += [(f"--bad-words #{i + 1}", w) for i, w in enumerate(args.bad_words or ())]
+    for name, text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            code = ord(text[error.start])
+            what = (f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF  # a surrogate-escaped byte
+                    else f"lone surrogate U+{code:04X}")
+            parser.error(f"{name} is not valid UTF-8 text ({what} at character {error.start}); "
+                         "text arguments must be UTF-8")
+        if not text:
+            parser.error(f"{name} is empty")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its log output off: C++ levels via the environment, and fd 2 muted.
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` silences TF's own C++ logging (and the CUDA
+    ``cuInit`` error of a machine without a GPU), but while TensorFlow's
+    shared libraries load, Abseil logs to stderr before anything can set a
+    level ("All log messages before absl::InitializeLog() ..."): so stderr
+    is muted at the file-descriptor level for the import. If the import
+    fails, what was muted is shown with the error.
+    """
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    for name in ("tensorflow", "absl"):  # Python-side loggers (warnings about retracing etc.)
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as muted:
+        os.dup2(muted.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            muted.seek(0)
+            sys.stderr.write(muted.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _generate_file(args, lm, options: dict, log) -> int:

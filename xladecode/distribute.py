@@ -14,6 +14,8 @@ generation defaults, ``bucket_shapes``, ``max_compiled_functions``): it is
 
 from __future__ import annotations
 
+import contextlib
+import re
 import weakref
 
 import tensorflow as tf
@@ -53,5 +55,34 @@ def generate_distributed(lm: LanguageModel, strategy: tf.distribute.Strategy, in
 
     Returns:
       :class:`~xladecode.GenerateOutput`, equal row for row to ``lm.generate``.
+
+    Raises:
+      tf.errors.UnavailableError: another worker died (see :func:`worker_failures_explained`).
     """
-    return distributed(lm, strategy).generate(input_ids, attention_mask, **options)
+    with worker_failures_explained():
+        return distributed(lm, strategy).generate(input_ids, attention_mask, **options)
+
+
+@contextlib.contextmanager
+def worker_failures_explained():
+    """Re-raises TF's error for a dead or unreachable peer worker with a message that says so.
+
+    When a worker process of a multi-worker job dies, the collectives of
+    the others fail promptly -- gRPC sees the closed socket ("Socket
+    closed", or the connection refused) -- as ``tf.errors.UnavailableError``,
+    with a graph trace and a hint to "restart your program". The error keeps
+    its type (callers may catch it) and gets a first sentence naming the
+    worker. A peer that hangs without dying is not detected this way: bound
+    collectives with ``tf.distribute.experimental.CommunicationOptions(
+    timeout_seconds=...)`` (``DeadlineExceededError``, explained here too).
+    """
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:
+        peer = re.search(r"/job:[\w-]+/replica:\d+/task:\d+", error.message)
+        cause = re.search(r"aborted by: (.*)", error.message)
+        message = (f"distributed generate failed: a worker of the job died or does not answer "
+                   f"({peer.group(0) if peer else 'peer unknown'}: "
+                   f"{cause.group(1) if cause else error.message.strip().splitlines()[-1]}). "
+                   "Collectives in this process are aborted too: restart every worker of the job.")
+        raise type(error)(error.node_def, error.op, message) from error

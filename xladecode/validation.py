@@ -192,17 +192,38 @@ def seeds(value, rows: int) -> np.ndarray:
     return array.astype(np.int64).astype(np.uint32).view(np.int32).reshape(rows, 2).copy()
 
 
+def unicode_text(name: str, value: str) -> str:
+    """``value`` if it is valid Unicode text, i.e. it can be written as UTF-8.
+
+    A lone surrogate (U+D800..U+DFFF) cannot: it comes from a JSON escape such
+    as ``"\\ud800"``, or from bytes that were not UTF-8 (Python decodes argv
+    and file names with ``surrogateescape``). Tokenizers reject it with a
+    bare ``TypeError`` and UTF-8 writers with ``UnicodeEncodeError``.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        fail(name, shown, f"contains a lone surrogate U+{ord(value[error.start]):04X} at index "
+                          f"{error.start}: not valid Unicode text")
+    return value
+
+
+def prompt_text(name: str, value) -> str:
+    """A prompt: a non-empty ``str`` of valid Unicode (see :func:`unicode_text`)."""
+    if isinstance(value, (bytes, bytearray)):
+        # (not fail(): it would show the bytes' repr as a quoted string)
+        raise ValueError(f"{name}={_short(value)} is invalid: must be a str, not bytes: decode it first "
+                         "(e.g. .decode('utf-8'))")
+    if not isinstance(value, str) or not value:
+        fail(name, value, "must be a non-empty string")
+    return unicode_text(name, value)
+
+
 def prompt_texts(name: str, value) -> list[str]:
-    """A string or a list of non-empty strings that are valid Unicode (no lone surrogates)."""
+    """A string or a non-empty list of prompts (see :func:`prompt_text`), as a list."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
         fail(name, value, "must be a non-empty string or a non-empty list of strings")
-    for i, text in enumerate(value):
-        if not isinstance(text, str) or not text:
-            fail(f"{name}[{i}]", text, "must be a non-empty string")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
-            fail(f"{name}[{i}]", text, f"is not valid Unicode: a lone surrogate at character {error.start}")
-    return list(value)
+    return [prompt_text(f"{name}[{i}]", text) for i, text in enumerate(value)]
