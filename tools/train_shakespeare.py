@@ -18,6 +18,10 @@ What it does
     activations after the embeddings and on every residual branch
     (``GPT2.forward(dropout_rate=...)``), with stateless masks seeded by
     (``--seed``, step).
+  * ``--init-from FOLDER`` starts from a trained checkpoint's weights instead
+    of the random init (fine-tuning; same shape flags). ``--resume
+    --change-schedule`` continues a run with a new learning-rate schedule
+    (``--steps/--lr/--min-lr-ratio/--warmup``), recorded in the log.
   * Data: ``train.bin`` / ``val.bin`` from ``tools/prepare_shakespeare.py``
     (flat uint16 token ids). Each batch is ``--batch`` windows of
     ``--seq-len + 1`` tokens at uniformly random offsets in ``train.bin``,
@@ -80,7 +84,7 @@ VOCAB = 50257
 
 # Flags that change the training trajectory: a resumed run must match them.
 TRAJECTORY_FLAGS = ("n_layer", "n_head", "n_embd", "n_positions", "seq_len", "batch", "steps",
-                    "lr", "min_lr_ratio", "warmup", "weight_decay", "dropout", "train_vocab", "beta1", "beta2", "eps",
+                    "lr", "min_lr_ratio", "warmup", "weight_decay", "dropout", "init_from", "beta1", "beta2", "eps",
                     "clip", "seed", "data")
 
 
@@ -188,14 +192,10 @@ class Trainer(tf.Module):
         self.m = [tf.Variable(tf.zeros_like(p), name="m_" + p.name.split(":")[0]) for p in self.params]
         self.v = [tf.Variable(tf.zeros_like(p), name="v_" + p.name.split(":")[0]) for p in self.params]
         self.step = tf.Variable(0, dtype=tf.int64, name="step")
-        # --train-vocab corpus: the training softmax spans only the token ids
-        # that occur in train.bin (set by main); None = the whole vocabulary.
-        self.vocab_subset = None
         # autograph=False: plain Python loops unroll at trace time, and tracing never
         # re-reads this file's source (editing the script mid-run cannot break a run).
         self.train_step = tf.function(self._train_step, jit_compile=True, autograph=False)
         self.eval_step = tf.function(self._eval_step, jit_compile=True, autograph=False)
-        self.unseen_mass_step = tf.function(self._unseen_mass, jit_compile=True, autograph=False)
 
     def learning_rate(self, step):
         """Linear warmup to ``lr`` over ``warmup`` steps, then cosine to ``lr * min_lr_ratio``."""
@@ -207,11 +207,10 @@ class Trainer(tf.Module):
         cosine = low + 0.5 * (peak - low) * (1.0 + tf.cos(math.pi * progress))
         return tf.where(t <= a.warmup, warm, cosine)
 
-    def _loss(self, x, y, dropout_seed=None, vocab_subset=None):
-        """Per-token loss ``[b, T]``; with ``vocab_subset``, ``y`` indexes the subset."""
+    def _loss(self, x, y, dropout_seed=None):
+        """Per-token loss ``[b, T]`` (dropout only with a ``dropout_seed``: training steps)."""
         rate = self.args.dropout if dropout_seed is not None else 0.0
-        logits = self.model.forward(x, dropout_rate=rate, dropout_seed=dropout_seed,
-                                    vocab_subset=vocab_subset)
+        logits = self.model.forward(x, dropout_rate=rate, dropout_seed=dropout_seed)
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)  # [b, T]
 
     def _train_step(self, x, y):
@@ -220,7 +219,7 @@ class Trainer(tf.Module):
         # draws exactly the masks an uninterrupted one would.
         dropout_seed = tf.stack([tf.constant(a.seed, tf.int64), self.step + 1])
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(self._loss(x, y, tf.cast(dropout_seed, tf.int32), self.vocab_subset))
+            loss = tf.reduce_mean(self._loss(x, y, tf.cast(dropout_seed, tf.int32)))
         grads = tape.gradient(loss, self.params)
         grads = [tf.convert_to_tensor(g) for g in grads]  # the embedding's IndexedSlices -> dense
         grads, grad_norm = tf.clip_by_global_norm(grads, a.clip)
@@ -244,11 +243,6 @@ class Trainer(tf.Module):
         w = tf.cast(row_weight, tf.float32)[:, None] * tf.ones_like(loss)
         return tf.reduce_sum(loss * w), tf.reduce_sum(w)
 
-    def _unseen_mass(self, x, unseen):
-        """Mean total softmax probability of the ``unseen`` ids over every position of ``x``."""
-        probs = tf.nn.softmax(self.model.forward(x), axis=-1)
-        return tf.reduce_mean(tf.reduce_sum(tf.gather(probs, unseen, axis=-1), axis=-1))
-
     def evaluate(self, windows: np.ndarray, batch: int) -> float:
         """Mean next-token loss (nats) over ``windows`` ``[n, T+1]``, in fixed-shape batches."""
         total, count = 0.0, 0.0
@@ -262,44 +256,6 @@ class Trainer(tf.Module):
             total += float(s)
             count += float(c)
         return total / count
-
-    def calibrate_unseen(self, subset: np.ndarray, windows: np.ndarray, target_mass: float,
-                         batch: int) -> dict:
-        """Gives the token ids never trained on (not in ``subset``) one shared embedding.
-
-        With ``--train-vocab corpus`` those rows of the tied embedding never
-        received a gradient, so their logits are arbitrary. Each gets
-        ``-beta * e_bar`` (``e_bar``: mean embedding of the trained tokens),
-        with the sign of ``beta`` that lowers the unseen logits and its size
-        bisected until the model's average probability of an unseen token on
-        ``windows`` (training windows) equals ``target_mass``: the Good-Turing
-        estimate of the probability of a new token, singletons / tokens in
-        train.bin. Returns what it did, for the training log.
-        """
-        wte = self.model.weights["wte.weight"]  # stored [C, V]
-        unseen = np.setdiff1d(np.arange(VOCAB), subset)
-        e_bar = tf.reduce_mean(tf.gather(wte, subset, axis=1), axis=1).numpy()
-
-        def mass(beta):
-            columns = np.repeat((-beta * e_bar)[:, None], len(unseen), axis=1)
-            wte.scatter_nd_update(np.stack([np.repeat(np.arange(wte.shape[0]), len(unseen)),
-                                            np.tile(unseen, wte.shape[0])], 1),
-                                  columns.reshape(-1))
-            return float(self.unseen_mass_step(windows[:, :-1], unseen).numpy())
-
-        # The sign that lowers the unseen logits depends on how the trained
-        # hidden states sit against e_bar: try both, then bisect the magnitude.
-        sign = 1.0 if mass(1.0) <= mass(-1.0) else -1.0
-        low, high = 0.0, 1.0
-        while mass(sign * high) > target_mass and high < 1e6:
-            low, high = high, high * 4
-        for _ in range(30):
-            mid = 0.5 * (low + high)
-            low, high = (mid, high) if mass(sign * mid) > target_mass else (low, mid)
-        high *= sign
-        final = mass(high)
-        return {"unseen_tokens": int(len(unseen)), "target_mass_good_turing": target_mass,
-                "beta": round(high, 4), "mean_unseen_mass_on_train": final}
 
     # ---------------------------------------------------------- checkpointing
     def save(self, path: Path, rng: np.random.Generator, meta: dict) -> None:
@@ -396,9 +352,8 @@ def parse_args(argv=None):
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr")
     p.add_argument("--warmup", type=int, default=80)
     p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--train-vocab", choices=("full", "corpus"), default="full",
-                   help="softmax over the whole vocabulary, or only the ids in train.bin "
-                        "(then the unseen ids are calibrated at the end; see calibrate_unseen)")
+    p.add_argument("--init-from", default=None, metavar="FOLDER",
+                   help="start from this checkpoint's weights (same shape flags) instead of a random init")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout after the embeddings and on every residual branch (training only)")
     p.add_argument("--beta1", type=float, default=0.9)
@@ -443,16 +398,17 @@ def main(argv=None):
     config = GPT2Config(vocab_size=VOCAB, n_positions=args.n_positions, n_embd=args.n_embd,
                         n_layer=args.n_layer, n_head=args.n_head, bos_token_id=EOT, eos_token_id=EOT)
     trainer = Trainer(config, args)
-    subset, remap = None, None
-    if args.train_vocab == "corpus":
-        subset = np.unique(train).astype(np.int32)
-        trainer.vocab_subset = tf.constant(subset)
-        remap = np.full(VOCAB, -1, np.int32)
-        remap[subset] = np.arange(len(subset), dtype=np.int32)
+    if args.init_from and not args.resume:  # start from a trained checkpoint's weights (fine-tuning)
+        source = GPT2.from_pretrained(args.init_from)
+        for name, variable in trainer.model.weights.items():
+            if tuple(source.weights[name].shape) != tuple(variable.shape):
+                raise SystemExit(f"--init-from {args.init_from}: {name} has shape "
+                                 f"{tuple(source.weights[name].shape)}, this model {tuple(variable.shape)}")
+            variable.assign(source.weights[name])
+        print(f"initialised from {args.init_from}", flush=True)
 
     def next_batch():
-        x, y = sample_batch(train, rng, args.batch, args.seq_len)
-        return x, (y if remap is None else remap[y])  # targets index the subset
+        return sample_batch(train, rng, args.batch, args.seq_len)
     n_params = sum(int(np.prod(p.shape)) for p in trainer.params)
     rng = np.random.default_rng(args.seed)
     tokens_per_step = args.batch * args.seq_len
@@ -550,14 +506,6 @@ def main(argv=None):
         return
 
     # Final evaluation: every non-overlapping val window, and as many train windows from a fixed spot.
-    calibration = None
-    if subset is not None:
-        counts = np.bincount(train, minlength=VOCAB)
-        windows = eval_windows(train, args.seq_len)
-        sample = windows[np.linspace(0, len(windows) - 1, 8).round().astype(int)]
-        calibration = trainer.calibrate_unseen(subset, sample, float((counts == 1).sum() / len(train)),
-                                               args.eval_batch)
-        print(json.dumps({"calibration": calibration}), flush=True)
     t0 = time.perf_counter()
     val_loss = trainer.evaluate(val_all, args.eval_batch)
     train_windows = eval_windows(train, args.seq_len)
@@ -584,9 +532,7 @@ def main(argv=None):
                       "beta1": args.beta1, "beta2": args.beta2, "eps": args.eps,
                       "weight_decay": args.weight_decay, "grad_clip_global_norm": args.clip},
         "dropout": args.dropout,
-        "train_vocab": args.train_vocab,
-        "train_vocab_size": int(len(subset)) if subset is not None else VOCAB,
-        "unseen_token_calibration": calibration,
+        "init_from": args.init_from,
         "data": {"train_tokens": int(len(train)), "val_tokens": int(len(val)),
                  "unigram_val_loss": unigram},
         "final_train_loss_last100_steps": round(float(np.mean(last)), 4),

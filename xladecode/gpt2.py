@@ -231,8 +231,7 @@ class GPT2(tf.Module):
         return self._lm_head(hidden[:, -1, :]), cache
 
     # ------------------------------------------------------------ full forward
-    def forward(self, input_ids, attention_mask=None, dropout_rate: float = 0.0, dropout_seed=None,
-                vocab_subset=None):
+    def forward(self, input_ids, attention_mask=None, dropout_rate: float = 0.0, dropout_seed=None):
         """All-position logits without a cache.
 
         Args:
@@ -243,12 +242,9 @@ class GPT2(tf.Module):
             ``embd_pdrop`` / ``resid_pdrop``). 0 (the default) is inference.
           dropout_seed: int32 ``[2]``, the stateless seed of the dropout
             masks (one training step's seed), needed when ``dropout_rate > 0``.
-          vocab_subset: training only: int32 ``[V']`` token ids; the logits
-            are then computed for these ids only (the LM head is most of a
-            small model's compute, and a corpus uses a fraction of the vocab).
 
         Returns:
-          float32 ``[batch, T, vocab]`` (``[batch, T, V']`` with ``vocab_subset``).
+          float32 ``[batch, T, vocab]``.
         """
         input_ids, positions, mask = pos.full_sequence(input_ids, attention_mask)
         drop = _no_dropout
@@ -257,7 +253,7 @@ class GPT2(tf.Module):
                 seed = tf.random.experimental.stateless_fold_in(dropout_seed, site)
                 return tf.nn.experimental.stateless_dropout(x, dropout_rate, seed)
         hidden, _ = self._body(input_ids, positions, mask, drop=drop)
-        return self._lm_head(hidden, vocab_subset)
+        return self._lm_head(hidden)
 
     # ---------------------------------------------------------------- the body
     def _body(self, input_ids, positions, mask, cache=None, cache_index=None, drop=None):
@@ -320,11 +316,9 @@ class GPT2(tf.Module):
     def _mlp(self, h, prefix):
         return self._linear(self._act(self._linear(h, prefix + "mlp.c_fc")), prefix + "mlp.c_proj")
 
-    def _lm_head(self, hidden, vocab_subset=None):
-        """``[..., C]`` -> float32 ``[..., vocab]`` logits (``[..., V']`` for a subset)."""
+    def _lm_head(self, hidden):
+        """``[..., C]`` -> float32 ``[..., vocab]`` logits."""
         head = self.weights["wte.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # [C, V]
-        if vocab_subset is not None:
-            head = tf.gather(head, vocab_subset, axis=1)
         logits = tf.matmul(tf.cast(hidden, self.dtype), head)
         return tf.cast(logits, tf.float32)
 
