@@ -302,8 +302,8 @@ class _ServingModule(tf.Module):
         ids, mask = plan.left_pad(input_ids, attention_mask, bucket, f["pad_token_id"])
         n_chunks = (batch + chunk - 1) // chunk
         ids, mask, seeds = plan.fit_rows((ids, mask, seeds), n_chunks * chunk)
-        elems = tuple(tf.reshape(x, tf.concat([[n_chunks, chunk], tf.shape(x)[1:]], 0))
-                      for x in (ids, mask, seeds))
+        elems = tuple(tf.reshape(x, tf.concat([[n_chunks, chunk], inner], 0))  # static inner dims
+                      for x, inner in ((ids, [bucket]), (mask, [bucket]), (seeds, [2])))
 
         def decode_chunk(args):
             chunk_ids, chunk_mask, chunk_seeds = args  # [chunk, bucket], [chunk, bucket], [chunk, 2]
