@@ -203,3 +203,50 @@ class Tokenizer:
         masks = [None] * len(ids_2d) if attention_mask is None else np.asarray(attention_mask)
         rows = [self._keep(r, m, skip_ids) for r, m in zip(ids_2d, masks)]
         return self._tok.decode_batch(rows, skip_special_tokens=False)
+
+    # ------------------------------------------------------------ token bytes
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each id decodes to, for all ``vocab_size`` ids (stop strings need them).
+
+        A byte-level BPE token (GPT-2) is a string of stand-in characters, one
+        per byte (:func:`byte_level_alphabet`); mapping them back gives the
+        token's exact bytes, even when it holds only part of a multi-byte
+        UTF-8 character (which ``decode`` would turn into U+FFFD). Added
+        tokens such as ``<|endoftext|>`` are their text in UTF-8; so is every
+        token of a tokenizer without a byte-level decoder.
+
+        Returns:
+          list of ``vocab_size`` ``bytes``; an id with no token gives ``b""``.
+        """
+        byte_of = {char: byte for byte, char in enumerate(byte_level_alphabet())}
+        byte_level = isinstance(self._tok.decoder, decoders.ByteLevel)
+        out = []
+        for token_id in range(self.vocab_size):
+            token = self._tok.id_to_token(token_id)
+            if token is None:
+                out.append(b"")
+            elif byte_level and all(char in byte_of for char in token):
+                out.append(bytes(byte_of[char] for char in token))
+            else:
+                out.append(self._tok.decode([token_id], skip_special_tokens=False).encode("utf-8"))
+        return out
+
+
+def byte_level_alphabet() -> list[str]:
+    """GPT-2's stand-in character for each byte 0..255 (index = byte value).
+
+    Byte-level BPE works on text where every byte is one printable character:
+    the 188 bytes that already print as a visible Latin-1 character stand for
+    themselves, and the others (control bytes, space, ...) are moved, in
+    order, to the characters from U+0100 on -- which is why a space shows up
+    as ``Ġ`` (U+0120) and a newline as ``Ċ`` in the vocabulary.
+    """
+    visible = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet, moved = [], 0
+    for byte in range(256):
+        if byte in visible:
+            alphabet.append(chr(byte))
+        else:
+            alphabet.append(chr(256 + moved))
+            moved += 1
+    return alphabet
