@@ -54,7 +54,7 @@ class DraftContext(NamedTuple):
     """What a drafter may read at the start of one speculative iteration."""
 
     sequences: tf.Tensor  # int32 [B, L]: prompt, generated tokens, then pad
-    generated: tf.Tensor  # int32 [B] (>= 1): new tokens so far; row b ends at column P + generated[b]
+    generated: tf.Tensor  # int32 [B]: new tokens so far; row b ends at column P + generated[b] (P >= 2)
     prompt_mask: tf.Tensor  # int32 [B, P]
     key_mask: tf.Tensor  # int32 [B, L] cache slots holding (or to hold) real tokens
     options: decoding.DecodeOptions

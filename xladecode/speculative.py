@@ -78,9 +78,9 @@ class SpeculativeState(NamedTuple):
 
     sequences: tf.Tensor  # int32 [B, L]: prompt, generated, pad
     scores: tf.Tensor  # float32 [B, N + k]: log-prob of each emitted token
-    generated: tf.Tensor  # int32 [B]: tokens emitted so far (>= 1 inside the loop)
+    generated: tf.Tensor  # int32 [B]: tokens emitted so far
     finished: tf.Tensor  # bool [B]: EOS emitted or max_new_tokens reached
-    cache: Cache  # the target's cache; slots < P + generated - 1 are filled
+    cache: Cache  # the target's cache; slots < P + generated - 1 (before the newest token) are filled
     draft_state: Any  # the drafter's state (its model's cache, or ())
     stats: SpeculationStats
 
@@ -127,22 +127,25 @@ def speculative_loop(model, input_ids, attention_mask, options: decoding.DecodeO
       outputs as ``decoding.sample_loop`` plus :class:`SpeculationStats`.
     """
     check(model, drafter)
-    k, n = drafter.k, max_new_tokens_buffer
+    n, extra = max_new_tokens_buffer, 0
+    if input_ids.shape[1] == 1:  # a drafter re-reads the last TWO slots: add a (invisible) pad column
+        input_ids = tf.pad(input_ids, [[0, 0], [1, 0]], constant_values=options.pad_token_id)
+        attention_mask, extra = tf.pad(attention_mask, [[0, 0], [1, 0]]), 1
     state, c = _start(model, input_ids, attention_mask, options, n, do_sample, drafter)
     (final,) = tf.while_loop(lambda s: tf.logical_not(tf.reduce_all(s.finished)),
                              lambda s: (_iteration(s, c),), (state,), maximum_iterations=n)
-    prompt_len = input_ids.shape[1]
-    return final.sequences[:, :prompt_len + n], final.scores[:, :n], final.stats
+    return final.sequences[:, extra:input_ids.shape[1] + n], final.scores[:, :n], final.stats
 
 
 def _start(model, input_ids, attention_mask, options, n, do_sample, drafter):
-    """Prefill of target and drafter, and the first token (decided like a 1-wide verify)."""
+    """Prefill of the target (all but the newest token) and of the drafter; the initial state."""
     batch, prompt_len = input_ids.shape
     width = prompt_len + n + drafter.k
     key_mask = tf.concat([tf.cast(attention_mask, tf.int32), tf.ones([batch, n + drafter.k], tf.int32)], 1)
     cache = model.init_cache(batch, width)
-    logits, cache = model.step(input_ids, pos.positions_from_mask(attention_mask), cache,
-                               tf.constant(0, tf.int32), key_mask)
+    # The first verify starts at the newest token (slot P - 1): its logits decide the first new token.
+    _, cache = model.step(input_ids[:, :-1], pos.positions_from_mask(attention_mask)[:, :-1], cache,
+                          tf.constant(0, tf.int32), key_mask)
     c = _Constants(model, drafter, options, tf.cast(attention_mask, tf.int32), key_mask,
                    sampling.row_keys(options.seeds, options.sample_index), do_sample)
     zero = tf.zeros([batch], tf.int32)
@@ -152,9 +155,7 @@ def _start(model, input_ids, attention_mask, options, n, do_sample, drafter):
         generated=zero, finished=tf.zeros([batch], tf.bool), cache=cache,
         draft_state=drafter.start(input_ids, attention_mask, key_mask),
         stats=SpeculationStats(tf.constant(0), zero, zero))
-    no_draft = Draft(tf.zeros([batch, 0], tf.int32), tf.zeros([batch, 0], tf.bool), None)
-    tokens, accepted, logprobs = decide(logits[:, tf.newaxis], state, c, no_draft)
-    return _emit(state, c, tokens, accepted, logprobs, no_draft, count_iteration=False), c
+    return state, c
 
 
 def _iteration(s: SpeculativeState, c: _Constants) -> SpeculativeState:
@@ -169,7 +170,7 @@ def _iteration(s: SpeculativeState, c: _Constants) -> SpeculativeState:
     else:
         tokens, accepted, logprobs, cache = _verify(s, c, draft, k + 1)
     s = s._replace(cache=cache, draft_state=draft_state)
-    return _emit(s, c, tokens, accepted, logprobs, draft, count_iteration=True)
+    return _emit(s, c, tokens, accepted, logprobs, draft)
 
 
 def _verify(s, c: _Constants, draft: Draft, width: int):
@@ -322,7 +323,7 @@ def _uniform(keys, index, stream):
     return sampling.uniform(keys, drafters.rng_counter(index, stream), 1)[:, 0]
 
 
-def _emit(s: SpeculativeState, c: _Constants, tokens, accepted, logprobs, draft, count_iteration: bool):
+def _emit(s: SpeculativeState, c: _Constants, tokens, accepted, logprobs, draft):
     """Writes each row's span ``tokens[:, :count]``; ``count`` stops at EOS and max_new_tokens."""
     o, w = c.options, tokens.shape[1]
     j = tf.range(w)[tf.newaxis, :]
@@ -335,7 +336,7 @@ def _emit(s: SpeculativeState, c: _Constants, tokens, accepted, logprobs, draft,
     end = c.prompt_mask.shape[1] + s.generated
     running = tf.cast(~s.finished, tf.int32)
     stats = SpeculationStats(
-        s.stats.iterations + int(count_iteration),
+        s.stats.iterations + 1,
         s.stats.proposed + running * tf.reduce_sum(tf.cast(draft.valid, tf.int32), axis=1),
         s.stats.accepted + running * tf.minimum(accepted, count))
     return s._replace(
