@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from xladecode import debug, kv_cache, positions  # noqa: E402
+from xladecode import debug, kv_cache, positions, speculative  # noqa: E402
 from xladecode.config import GPT2Config  # noqa: E402
 from xladecode.gpt2 import GPT2  # noqa: E402
 from xladecode.lm import LanguageModel  # noqa: E402
@@ -109,6 +109,21 @@ def main():
     a = lm.generate(two, do_sample=True, seed=(5, 6), **greedy).sequences
     b = lm.generate(two[::-1], do_sample=True, seed=(5, 6), **greedy).sequences
     print(f"same seed, rows swapped -> each row's sample unchanged: {bool((a == b[::-1]).all())}")
+
+    section("8. Speculation: per-row lengths in one graph  (speculative.speculative_loop, kv_cache.write_rows)")
+    cache = kv_cache.write(tf.zeros([2, 1, 4, 1]), tf.fill([2, 1, 2, 1], 7.0), tf.constant([0, 2]))
+    print(f"one write, a slot per row [0, 2] -> cache rows {cache.numpy()[..., 0].reshape(2, 4).tolist()}")
+    grounded = np.tile(ids, (1, 2))  # the prompt repeats itself: prompt lookup has something to find
+    plain = lm.generate(grounded, **greedy).sequences[:, 16:]
+    call = lm.prepare(grounded, **greedy)
+    drafter = speculative.PromptLookupDrafter(4)
+    graph = tf.function(lambda i, m, o: speculative.speculative_loop(lm.model, i, m, o, call.buffer, False, drafter),
+                        jit_compile=True, autograph=False)
+    seq, _, stats = graph(tf.constant(call.input_ids), tf.constant(call.attention_mask), call.options)
+    width = call.input_ids.shape[1]
+    same = bool((seq.numpy()[:1, width:width + 16] == plain).all())
+    print(f"prompt lookup (k=4): same tokens as plain greedy: {same}; "
+          f"16 tokens in {int(stats.iterations)} target forwards instead of 16")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,8 @@ def process_logits(logits, tokens, token_mask, cur_len, step, options: DecodeOpt
       logits: float32 ``[B, V]`` raw next-token logits.
       tokens / token_mask: int32 / bool ``[B, L]``: prompt + generated so far.
       cur_len: int32 scalar, slots written; step: int32 scalar, new tokens so far.
+        Either may also be int32 ``[B]``, one value per row (speculative
+        decoding, where rows have accepted different numbers of tokens).
 
     Returns:
       float32 ``[B, V]``; forbidden tokens are ``-inf``.
@@ -102,11 +104,11 @@ def process_logits(logits, tokens, token_mask, cur_len, step, options: DecodeOpt
         x, tokens, token_mask, cur_len, o.no_repeat_ngram_size))
     if o.bad_words_ids.shape[0] != 0:  # no bad words is a shape: nothing to trace
         logits = processors.bad_words(logits, tokens, token_mask, cur_len, o.bad_words_ids, o.bad_words_lengths)
-    logits = _when(step < o.min_new_tokens, logits, lambda x: processors.min_new_tokens(
+    logits = _when(tf.reduce_any(step < o.min_new_tokens), logits, lambda x: processors.min_new_tokens(
         x, step, o.min_new_tokens, o.eos_mask))
     logits = _when(tf.reduce_any(o.suppress_mask), logits, lambda x: processors.suppress_tokens(
         x, o.suppress_mask))
-    last_step = tf.logical_and(tf.reduce_any(o.forced_eos_mask), step == o.max_new_tokens - 1)
+    last_step = tf.logical_and(tf.reduce_any(o.forced_eos_mask), tf.reduce_any(step == o.max_new_tokens - 1))
     return _when(last_step, logits, lambda x: processors.forced_eos(x, step, o.max_new_tokens, o.forced_eos_mask))
 
 

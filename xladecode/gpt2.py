@@ -11,7 +11,9 @@ Two entry points share one transformer body:
   ``lm.logits``, and the "recompute everything" reference in tests);
 * :meth:`GPT2.step` -- the decoder protocol (``protocol.py``): runs ``t`` new
   tokens, writes their keys/values into the fixed-size KV cache
-  (``kv_cache.py``) and returns the last position's logits.
+  (``kv_cache.py``) and returns the last position's logits;
+  :meth:`GPT2.step_all` is its speculative form (per-row write slots, logits
+  at every position).
 """
 
 from __future__ import annotations
@@ -229,6 +231,14 @@ class GPT2(tf.Module):
         mask = pos.attention_matrix_for_slots(cache_index, _dim(input_ids, 1), key_mask)
         hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
         return self._lm_head(hidden[:, -1, :]), cache
+
+    def step_all(self, input_ids, positions, cache, cache_index, key_mask):
+        """See ``protocol.VerifyingModel.step_all``: per-row slots ``cache_index [batch]``,
+        logits at every position ``[batch, t, vocab]`` (speculative verification)."""
+        slots = tf.cast(cache_index, tf.int32)[:, tf.newaxis] + tf.range(_dim(input_ids, 1))
+        mask = pos.attention_matrix_per_row(slots, key_mask)
+        hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
+        return self._lm_head(hidden), cache
 
     # ------------------------------------------------------------ full forward
     def forward(self, input_ids, attention_mask=None, dropout_rate: float = 0.0, dropout_seed=None):

@@ -46,7 +46,9 @@ def write(cache_tensor: tf.Tensor, new: tf.Tensor, cache_index: tf.Tensor) -> tf
     Args:
       cache_tensor: ``[batch, heads, max_length, head_dim]``.
       new: ``[batch, heads, t, head_dim]``, same dtype.
-      cache_index: int32 scalar, the first slot to write.
+      cache_index: int32 scalar, the first slot to write for every row; or
+        int32 ``[batch]``, a first slot PER ROW (speculative decoding, where
+        each row has accepted its own number of tokens; see :func:`write_rows`).
 
     Returns:
       The updated cache tensor, same shape. Under XLA inside a while loop this
@@ -56,6 +58,36 @@ def write(cache_tensor: tf.Tensor, new: tf.Tensor, cache_index: tf.Tensor) -> tf
 
       write([[[[0],[0],[0],[0]]]], [[[[7]]]], 2) -> [[[[0],[0],[7],[0]]]]
     """
+    cache_index = tf.convert_to_tensor(cache_index, tf.int32)
+    if cache_index.shape.rank == 1:
+        return write_rows(cache_tensor, new, cache_index)
     zero = tf.zeros([], tf.int32)
-    start = tf.stack([zero, zero, tf.cast(cache_index, tf.int32), zero])
+    start = tf.stack([zero, zero, cache_index, zero])
     return xla.dynamic_update_slice(cache_tensor, tf.cast(new, cache_tensor.dtype), start)
+
+
+def write_rows(cache_tensor: tf.Tensor, new: tf.Tensor, first_slots: tf.Tensor) -> tf.Tensor:
+    """Row ``b`` of ``new`` goes to slots ``first_slots[b] .. first_slots[b] + t - 1``.
+
+    One ``dynamic_update_slice`` cannot do this (its start is shared by all
+    rows), so it is a scatter: every (row, head, slot) triple gets its
+    ``head_dim`` vector. The shapes stay static; only the indices are data.
+    XLA updates the loop buffer in place, as for the shared-slot write.
+
+    Args:
+      cache_tensor: ``[batch, heads, max_length, head_dim]``.
+      new: ``[batch, heads, t, head_dim]``.
+      first_slots: int32 ``[batch]``; every slot written must be < max_length.
+
+    Example (batch 2, one head, head_dim 1, max_length 3, t = 1)::
+
+      write_rows(zeros, [[[[7]]], [[[8]]]], [0, 2]) -> [[[[7],[0],[0]]], [[[0],[0],[8]]]]
+    """
+    shape = tf.shape(new)[:3]  # [b, heads, t]
+    batch, heads, t = shape[0], shape[1], shape[2]
+    slots = tf.cast(first_slots, tf.int32)[:, tf.newaxis] + tf.range(t)  # [b, t]
+    rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis, tf.newaxis], shape)
+    head_ids = tf.broadcast_to(tf.range(heads)[tf.newaxis, :, tf.newaxis], shape)
+    slot_ids = tf.broadcast_to(slots[:, tf.newaxis, :], shape)
+    indices = tf.stack([rows, head_ids, slot_ids], axis=-1)  # [b, heads, t, 3]
+    return tf.tensor_scatter_nd_update(cache_tensor, indices, tf.cast(new, cache_tensor.dtype))

@@ -92,3 +92,51 @@ def full_sequence(input_ids, attention_mask=None):
 def attention_matrix_for_slots(first_slot, t, key_mask):
     """:func:`attention_matrix` for ``t`` queries written at slots ``first_slot ..``."""
     return attention_matrix(tf.cast(first_slot, tf.int32) + tf.range(t), key_mask)
+
+
+# ------------------------------------------------- per-row slots (speculative)
+# Speculative decoding lets each row accept its own number of tokens, so rows
+# stop sharing a write slot: row b's next token goes to its own slot. These two
+# functions are the per-row forms of ``next_positions`` and ``attention_matrix``.
+
+
+def slot_positions(attention_mask: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
+    """Position id of the token held in cache slot ``slots[b, j]`` of row ``b``.
+
+    A left-padded row of real length ``n`` in a prompt buffer of width ``P``
+    holds position ``n - 1`` at slot ``P - 1``, so slot ``s >= P`` holds
+    position ``n + s - P`` (:func:`next_positions` with ``step = s - P``).
+
+    Args:
+      attention_mask: int ``[batch, P]`` prompt mask.
+      slots: int32 ``[batch, t]`` cache slots (each row its own).
+
+    Returns:
+      int32 ``[batch, t]``.
+
+    Example: attention_mask=[[0, 1, 1]], slots=[[3, 4]] -> [[2, 3]].
+    """
+    mask = tf.cast(attention_mask, tf.int32)
+    lengths = tf.reduce_sum(mask, axis=-1, keepdims=True)
+    return lengths + tf.cast(slots, tf.int32) - mask.shape[-1]
+
+
+def attention_matrix_per_row(query_slots: tf.Tensor, key_mask: tf.Tensor) -> tf.Tensor:
+    """:func:`attention_matrix` when every row has its own query slots.
+
+    Args:
+      query_slots: int32 ``[batch, t]``, the cache slot of each query token.
+      key_mask: ``[batch, S]``, nonzero where a slot holds a real token (or will).
+
+    Returns:
+      bool ``[batch, 1, t, S]``: causal (key slot <= query slot) AND not padding.
+      Causality is also what hides a rejected speculative token: its slot lies
+      after the row's new query slots until a later step overwrites it.
+
+    Example: query_slots=[[1], [3]], key_mask=[[1, 1, 1, 1], [0, 1, 1, 1]] ->
+      [[[[True, True, False, False]]], [[[False, True, True, True]]]]
+    """
+    key_slots = tf.range(tf.shape(key_mask)[-1])
+    causal = key_slots[tf.newaxis, tf.newaxis, :] <= tf.cast(query_slots, tf.int32)[:, :, tf.newaxis]  # [b, t, S]
+    not_pad = tf.cast(key_mask, tf.bool)[:, tf.newaxis, :]  # [b, 1, S]
+    return tf.logical_and(causal, not_pad)[:, tf.newaxis]

@@ -35,9 +35,10 @@ Common arguments (``B`` = batch, ``L`` = buffer length, ``V`` = vocab size):
                 unwritten slots.  In each row the True slots are contiguous
                 and end at slot ``cur_len - 1``.
 ``cur_len``     int32 scalar: number of written slots; the next token goes to
-                slot ``cur_len``.
+                slot ``cur_len``.  Or int32 ``[B]``, one per row, where rows
+                have written different numbers of slots (speculative decoding).
 ``step``        int32 scalar: number of tokens generated so far (0 on the first
-                decoding step).
+                decoding step).  Or int32 ``[B]``, one per row.
 ``eos_mask``    bool ``[V]``: True for every end-of-sequence id.  A mask rather
                 than a list keeps the shape fixed however many EOS ids exist.
 
@@ -259,6 +260,16 @@ def _neg_inf(logits: tf.Tensor) -> tf.Tensor:
     return tf.constant(-np.inf, dtype=logits.dtype)
 
 
+def _per_row(cur_len, tokens: tf.Tensor) -> tf.Tensor:
+    """``cur_len`` (scalar or ``[B]``) as int32 ``[B]``: one written length per row."""
+    return tf.broadcast_to(tf.convert_to_tensor(cur_len, tf.int32), tf.shape(tokens)[:1])
+
+
+def _column(step) -> tf.Tensor:
+    """A scalar or ``[B]`` step as an int32 column (``[1, 1]`` or ``[B, 1]``) for a ``[B, V]`` select."""
+    return tf.reshape(tf.convert_to_tensor(step, tf.int32), [-1, 1])
+
+
 def _ids_to_vocab_mask(ids: tf.Tensor, active: tf.Tensor, vocab_size) -> tf.Tensor:
     """Mark, for every row, the vocabulary entries named by its active ids.
 
@@ -354,7 +365,7 @@ def no_repeat_ngram(logits, tokens, token_mask, cur_len, ngram_size):
       logits: float32 ``[B, V]``.
       tokens: int32 ``[B, L]``.
       token_mask: bool ``[B, L]``.
-      cur_len: int32 scalar tensor.
+      cur_len: int32 scalar tensor, or ``[B]`` (one per row).
       ngram_size: int32 scalar tensor (a Python int works too), >= 0.
 
     Returns:
@@ -370,7 +381,7 @@ def no_repeat_ngram(logits, tokens, token_mask, cur_len, ngram_size):
     logits = tf.convert_to_tensor(logits)
     tokens = tf.convert_to_tensor(tokens, tf.int32)
     token_mask = tf.convert_to_tensor(token_mask, tf.bool)
-    cur_len = tf.convert_to_tensor(cur_len, tf.int32)
+    cur_len = _per_row(cur_len, tokens)
     n = tf.convert_to_tensor(ngram_size, tf.int32)
     length = tf.shape(tokens)[1]
     last_slot = length - 1
@@ -390,7 +401,8 @@ def no_repeat_ngram(logits, tokens, token_mask, cur_len, ngram_size):
         # Clipping only guards the gather; clipped slots belong to windows
         # that window_ok already rejected.
         window_token = tf.gather(tokens, tf.clip_by_value(ends - d, 0, last_slot), axis=1)
-        context_token = tf.gather(tokens, tf.clip_by_value(cur_len - d, 0, last_slot), axis=1)
+        context_slot = tf.clip_by_value(cur_len - d, 0, last_slot)[:, None]  # [B, 1]
+        context_token = tf.gather(tokens, context_slot, batch_dims=1)[:, 0]
         return d + 1, matches & (window_token == context_token[:, None])
 
     _, matches = tf.while_loop(not_done, compare_offset, (tf.constant(1), window_ok))
@@ -418,7 +430,7 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
       logits: float32 ``[B, V]``.
       tokens: int32 ``[B, L]``.
       token_mask: bool ``[B, L]``.
-      cur_len: int32 scalar tensor.
+      cur_len: int32 scalar tensor, or ``[B]`` (one per row).
       bad_words_ids: int32 ``[n_words, M]``, right-padded.
       bad_words_lengths: int32 ``[n_words]``.
 
@@ -434,7 +446,7 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
     logits = tf.convert_to_tensor(logits)
     tokens = tf.convert_to_tensor(tokens, tf.int32)
     token_mask = tf.convert_to_tensor(token_mask, tf.bool)
-    cur_len = tf.convert_to_tensor(cur_len, tf.int32)
+    cur_len = _per_row(cur_len, tokens)
     word_ids = tf.convert_to_tensor(bad_words_ids, tf.int32)
     lengths = tf.convert_to_tensor(bad_words_lengths, tf.int32)
     last_slot = tf.shape(tokens)[1] - 1
@@ -442,10 +454,10 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
     offsets = tf.range(1, width)  # d = 1 .. M - 1, shape [M - 1]
 
     # Context: the token d slots before cur_len, and whether it is real.
-    context_slot = cur_len - offsets
+    context_slot = cur_len[:, None] - offsets[None, :]  # [B, M-1]
     context_slot_clipped = tf.clip_by_value(context_slot, 0, last_slot)
-    context_token = tf.gather(tokens, context_slot_clipped, axis=1)  # [B, M-1]
-    context_ok = (context_slot >= 0)[None, :] & tf.gather(token_mask, context_slot_clipped, axis=1)
+    context_token = tf.gather(tokens, context_slot_clipped, batch_dims=1)  # [B, M-1]
+    context_ok = (context_slot >= 0) & tf.gather(token_mask, context_slot_clipped, batch_dims=1)
 
     # Words: the token d places before each word's last token.
     word_pos = lengths[:, None] - 1 - offsets[None, :]  # [W, M-1]
@@ -472,7 +484,7 @@ def min_new_tokens(logits, step, min_new, eos_mask):
 
     Args:
       logits: float32 ``[B, V]``.
-      step: int32 scalar tensor.
+      step: int32 scalar tensor, or ``[B]`` (one per row).
       min_new: int32 scalar tensor.
       eos_mask: bool ``[V]``.
 
@@ -487,7 +499,7 @@ def min_new_tokens(logits, step, min_new, eos_mask):
       [[1.0, 1.0, 1.0]]
     """
     logits = tf.convert_to_tensor(logits)
-    too_early = tf.convert_to_tensor(step, tf.int32) < tf.convert_to_tensor(min_new, tf.int32)
+    too_early = _column(step) < tf.convert_to_tensor(min_new, tf.int32)  # [1 or B, 1]
     block = too_early & tf.convert_to_tensor(eos_mask, tf.bool)[None, :]
     return tf.where(block, _neg_inf(logits), logits)
 
@@ -531,7 +543,7 @@ def forced_eos(logits, step, max_new_tokens, eos_mask):
 
     Args:
       logits: float32 ``[B, V]``.
-      step: int32 scalar tensor.
+      step: int32 scalar tensor, or ``[B]`` (one per row).
       max_new_tokens: int32 scalar tensor.
       eos_mask: bool ``[V]``.
 
@@ -544,7 +556,7 @@ def forced_eos(logits, step, max_new_tokens, eos_mask):
       [[-inf, 0.0, 0.0]]
     """
     logits = tf.convert_to_tensor(logits)
-    last_step = tf.convert_to_tensor(step, tf.int32) == tf.convert_to_tensor(max_new_tokens, tf.int32) - 1
+    last_step = _column(step) == tf.convert_to_tensor(max_new_tokens, tf.int32) - 1  # [1 or B, 1]
     eos = tf.convert_to_tensor(eos_mask, tf.bool)[None, :]
     only_eos = tf.where(eos, tf.zeros([], logits.dtype), _neg_inf(logits))
     return tf.where(last_step, tf.broadcast_to(only_eos, tf.shape(logits)), logits)

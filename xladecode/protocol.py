@@ -82,3 +82,40 @@ class DecoderModel(Protocol):
           at the LAST of the ``t`` positions, and the updated cache.
         """
         ...
+
+
+@runtime_checkable
+class VerifyingModel(DecoderModel, Protocol):
+    """Optional capability: what speculative decoding (``speculative.py``) needs on top.
+
+    Verifying ``k`` drafted tokens takes ONE forward over ``k + 1`` positions,
+    and two things a plain ``step`` does not give:
+
+    * the logits at **every** one of the ``t`` positions, not only the last;
+    * a write slot **per row**: each row has accepted its own number of
+      tokens so far, so row ``b`` continues at its own ``cache_index[b]``.
+
+    GPT-2 (``gpt2.py``) and the rotary test model (``rope_decoder.py``) have it.
+    A model without ``step_all`` still decodes normally; speculation refuses it.
+    """
+
+    def step_all(self, input_ids: tf.Tensor, positions: tf.Tensor, cache: Cache,
+                 cache_index: tf.Tensor, key_mask: tf.Tensor) -> tuple[tf.Tensor, Cache]:
+        """Runs ``t`` new tokens per row at per-row slots; returns logits at all positions.
+
+        Args:
+          input_ids: int32 ``[batch, t]``.
+          positions: int32 ``[batch, t]`` position ids (``positions.slot_positions``).
+          cache: as for ``step``.
+          cache_index: int32 ``[batch]``: row ``b``'s tokens go to slots
+            ``cache_index[b] .. cache_index[b] + t - 1`` (all < ``max_length``).
+          key_mask: int32 ``[batch, max_length]``, as for ``step``.
+
+        Returns:
+          ``(logits, cache)``: float32 ``[batch, t, vocab_size]``, where
+          ``logits[:, j]`` predicts the token after ``input_ids[:, j]``, and the
+          updated cache. Query ``j`` of row ``b`` sees exactly the slots
+          ``<= cache_index[b] + j`` that ``key_mask`` marks (causal masking),
+          so whatever a slot after that holds -- a rejected draft -- is invisible.
+        """
+        ...

@@ -77,6 +77,13 @@ class RopeDecoder(tf.Module):
         hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
         return self._head(hidden[:, -1]), cache
 
+    def step_all(self, input_ids, positions, cache, cache_index, key_mask):
+        """``protocol.VerifyingModel.step_all``: per-row slots, logits ``[batch, t, vocab]``."""
+        slots = tf.cast(cache_index, tf.int32)[:, tf.newaxis] + tf.range(tf.shape(input_ids)[1])
+        mask = pos.attention_matrix_per_row(slots, key_mask)
+        hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
+        return self._head(hidden), cache
+
     def forward(self, input_ids, attention_mask=None):
         """All-position logits, no cache: float32 ``[batch, T, vocab]``."""
         input_ids, positions, mask = pos.full_sequence(input_ids, attention_mask)
@@ -103,9 +110,7 @@ class RopeDecoder(tf.Module):
             k, v = tf.split(h @ self.wkv[i], 2, axis=-1)  # [b, t, head_dim] each
             k = self._rotate(k, positions)
             if cache is not None:  # write layer i's slots, then attend over the whole cache
-                start = tf.stack([0, i, tf.cast(cache_index, tf.int32), 0])
-                cache = RopeCache(xla.dynamic_update_slice(cache.keys, k[:, tf.newaxis], start),
-                                  xla.dynamic_update_slice(cache.values, v[:, tf.newaxis], start))
+                cache = RopeCache(_write(cache.keys, k, i, cache_index), _write(cache.values, v, i, cache_index))
                 k, v = cache.keys[:, i], cache.values[:, i]
             scores = tf.einsum("bthd,bsd->bhts", q, k) / math.sqrt(self.head_dim)
             probs = tf.nn.softmax(tf.where(mask, scores, tf.float32.min), axis=-1)
@@ -116,6 +121,19 @@ class RopeDecoder(tf.Module):
 
     def _head(self, hidden):
         return hidden @ self.unembed
+
+
+def _write(cache_tensor, new, layer, cache_index):
+    """Writes ``new [b, t, head_dim]`` into layer ``layer`` of ``cache_tensor [b, layer, slot, head_dim]``
+    from slot ``cache_index``: a scalar (shared by all rows) or ``[b]`` (one per row)."""
+    cache_index = tf.cast(cache_index, tf.int32)
+    if cache_index.shape.rank == 0:
+        return xla.dynamic_update_slice(cache_tensor, new[:, tf.newaxis], tf.stack([0, layer, cache_index, 0]))
+    b, t = tf.shape(new)[0], tf.shape(new)[1]
+    rows = tf.broadcast_to(tf.range(b)[:, tf.newaxis], [b, t])
+    slots = cache_index[:, tf.newaxis] + tf.range(t)
+    indices = tf.stack([rows, tf.fill([b, t], layer), slots], axis=-1)  # [b, t, 3]: (row, layer, slot)
+    return tf.tensor_scatter_nd_update(cache_tensor, indices, new)
 
 
 def _rms_norm(x, eps=1e-6):
