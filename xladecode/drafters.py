@@ -159,12 +159,8 @@ class PromptLookupDrafter:
     """
 
     def __init__(self, k: int, ngram: int = 2):
-        self.k = validation.positive_int("prompt_lookup_num_tokens", k)
-        self.ngram = validation.positive_int("max_matching_ngram_size", ngram)
-        if self.k > MAX_DRAFT_TOKENS:
-            validation.fail("prompt_lookup_num_tokens", k, f"must be in [1, {MAX_DRAFT_TOKENS}]")
-        if self.ngram > MAX_NGRAM:
-            validation.fail("max_matching_ngram_size", ngram, f"must be in [1, {MAX_NGRAM}]")
+        self.k = validation.integer("prompt_lookup_num_tokens", k, 1, MAX_DRAFT_TOKENS)
+        self.ngram = validation.integer("max_matching_ngram_size", ngram, 1, MAX_NGRAM)
 
     def compile_key(self) -> tuple:
         return ("prompt_lookup", self.k, self.ngram)
@@ -230,9 +226,7 @@ class ModelDrafter:
 
     def __init__(self, model, k: int):
         self.model = model
-        self.k = validation.positive_int("num_assistant_tokens", k)
-        if self.k > MAX_DRAFT_TOKENS:
-            validation.fail("num_assistant_tokens", k, f"must be in [1, {MAX_DRAFT_TOKENS}]")
+        self.k = validation.integer("num_assistant_tokens", k, 1, MAX_DRAFT_TOKENS)
 
     def compile_key(self) -> tuple:
         return ("model", id(self.model), self.k)
