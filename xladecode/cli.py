@@ -78,7 +78,7 @@ CLI_EXCLUDED = {
 }
 
 _FLAG_TYPES = {"int": int, "real": float, "ids": _int_list, "id": int, "seed": _seed,
-               "early_stopping": _early_stopping}
+               "early_stopping": _early_stopping, "model": str}
 
 
 def _add_option_flags(g) -> None:
@@ -94,7 +94,7 @@ def _add_option_flags(g) -> None:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=spec.help)
         else:
             g.add_argument(flag, type=_FLAG_TYPES[spec.kind], default=None, help=spec.help,
-                           metavar="IDS" if spec.kind == "ids" else None)
+                           metavar={"ids": "IDS", "model": "PATH"}.get(spec.kind))
 
 
 def option_values(args) -> dict:
@@ -170,6 +170,12 @@ def main(argv=None) -> int:
     if args.command == "export":
         return _export(args, lm, log)
     options = option_values(args) | {"jit_compile": not args.no_jit}
+    if "assistant_model" in options:  # a checkpoint folder or cached name, like --model
+        try:
+            options["assistant_model"] = xladecode.load(options["assistant_model"], dtype=args.dtype)
+        except (FileNotFoundError, ValueError, NotADirectoryError) as error:
+            print(f"xladecode: error: --assistant-model: {error}", file=sys.stderr)
+            return 2
     if args.bad_words and lm.tokenizer is not None:
         # A phrase is banned with and without a leading space (BPE spells them differently).
         options["bad_words_ids"] = [lm.tokenizer.encode(v) for w in args.bad_words for v in (w, " " + w)]

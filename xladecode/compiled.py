@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
-from . import beam_search, decoding
+from . import beam_search, decoding, speculative
 
 #: How many compiled generation functions a :class:`FunctionCache` keeps by
 #: default (least recently used are dropped), so a long-running process cannot
@@ -47,6 +47,8 @@ class Strategy:
     num_return_sequences: int = 1
     beam_sample: bool = False
     num_eos_ids: int = 1
+    drafter_key: tuple | None = None  # speculative decoding: the drafter's compile key
+    drafter: Any = dataclasses.field(default=None, compare=False)  # the drafter itself
 
     @classmethod
     def from_options(cls, checked) -> "Strategy":
@@ -54,9 +56,10 @@ class Strategy:
         if checked.num_beams > 1:
             return cls("beam", checked.num_beams, checked.num_return_sequences, checked.do_sample,
                        len(set(checked.eos_token_id)))
-        if checked.do_sample:
-            return cls("sample", 1, checked.num_return_sequences)
-        return cls("greedy")
+        drafter = _drafter(checked)
+        kind = "sample" if checked.do_sample else "greedy"
+        return cls(kind, 1, checked.num_return_sequences if checked.do_sample else 1,
+                   drafter_key=drafter.compile_key() if drafter else None, drafter=drafter)
 
     @property
     def rows_per_prompt(self) -> int:
@@ -67,6 +70,17 @@ class Strategy:
     def rows_out_per_prompt(self) -> int:
         """Rows returned per prompt."""
         return self.num_return_sequences
+
+
+def _drafter(checked):
+    """The speculative drafter the options ask for, or None."""
+    from . import drafters
+
+    if checked.prompt_lookup_num_tokens:
+        return drafters.PromptLookupDrafter(checked.prompt_lookup_num_tokens, checked.max_matching_ngram_size)
+    if checked.assistant_model is not None:
+        return drafters.ModelDrafter(checked.assistant_model, checked.num_assistant_tokens)
+    return None
 
 
 def build_generate(model, buffer: int, strategy: Strategy, jit_compile: bool = True,
@@ -94,6 +108,10 @@ def build_generate(model, buffer: int, strategy: Strategy, jit_compile: bool = T
             return beam_search.beam_search(model, input_ids, attention_mask, options, buffer,
                                            strategy.num_beams, strategy.num_return_sequences,
                                            strategy.beam_sample, strategy.num_eos_ids)
+        if strategy.drafter is not None:  # speculative: same outputs, several tokens per forward
+            sequences, scores, _ = speculative.speculative_loop(model, input_ids, attention_mask, options, buffer,
+                                                                strategy.kind == "sample", strategy.drafter)
+            return sequences, scores, tf.zeros([tf.shape(sequences)[0]], tf.float32)
         sequences, scores = decoding.sample_loop(model, input_ids, attention_mask, options, buffer,
                                                  strategy.kind == "sample")
         return sequences, scores, tf.zeros([tf.shape(sequences)[0]], tf.float32)

@@ -45,8 +45,9 @@ def step_through(lm, input_ids, attention_mask=None, *, top: int = 5, **options)
       :class:`Step` objects; stops when every row finished or at max_new_tokens.
     """
     call = lm.prepare(input_ids, attention_mask, **options)
-    if call.strategy.kind == "beam":
-        raise ValueError("step_through supports greedy and sampling; got num_beams > 1")
+    if call.strategy.kind == "beam" or call.strategy.drafter is not None:
+        raise ValueError("step_through supports plain greedy and sampling; got num_beams > 1 or "
+                         "speculative decoding (prompt_lookup_num_tokens / assistant_model)")
     state, constants = decoding.start(lm.model, call.input_ids, call.attention_mask, call.options,
                                       call.plan.buffer, call.strategy.kind == "sample")
     rows = call.plan.batch * call.strategy.rows_per_prompt  # drop the filler rows of shape bucketing

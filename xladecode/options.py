@@ -126,6 +126,16 @@ class GenerationOptions:
     pad_token_id: Any = _option(None, Spec("id", "id written after EOS (default: the first EOS id)"))
     seed: Any = _option(None, Spec("seed", "INT or INT,INT: stateless seed pair", role="input"))
     output_scores: bool = _option(False, Spec("bool", "also return per-step log-probs", role="compile"))
+    # Speculative decoding (speculative.py): drafts verified k at a time, same outputs.
+    prompt_lookup_num_tokens: int = _option(0, Spec(
+        "int", "speculate: draft this many tokens copied from the row's own context; 0 = off", 0, 32,
+        role="compile"))
+    max_matching_ngram_size: int = _option(2, Spec("int", "prompt lookup: longest n-gram matched", 1, 16,
+                                                   role="compile"))
+    assistant_model: Any = _option(None, Spec("model", "speculate with this draft model (same vocabulary)",
+                                              role="compile"))
+    num_assistant_tokens: int = _option(4, Spec("int", "tokens per draft of assistant_model", 1, 32,
+                                                role="compile"))
 
     # -------------------------------------------------------------- building
     @classmethod
@@ -207,6 +217,13 @@ def check(options: GenerationOptions, vocab_size: int, max_positions: int) -> Ge
                         "must be 1 for greedy decoding; use do_sample=True or num_beams > 1")
     if beams > 1 and nrs > beams:
         validation.fail("num_return_sequences", nrs, f"must be <= num_beams={beams}")
+    speculating = values["prompt_lookup_num_tokens"] > 0 or values["assistant_model"] is not None
+    if speculating and beams > 1:
+        validation.fail("num_beams", beams, "must be 1 with prompt_lookup_num_tokens / assistant_model "
+                                            "(speculative decoding is for greedy and sampling)")
+    if values["prompt_lookup_num_tokens"] and values["assistant_model"] is not None:
+        validation.fail("assistant_model", type(values["assistant_model"]).__name__,
+                        "give either prompt_lookup_num_tokens or assistant_model, not both")
     return GenerationOptions(**values)
 
 
@@ -226,7 +243,18 @@ def _check_one(name: str, value, spec: Spec, limits: dict, vocab_size: int):
         return None if value is None else validation.token_sequences(name, value, vocab_size)
     if spec.kind == "early_stopping":
         return EarlyStopping.parse(value)
+    if spec.kind == "model":
+        return None if value is None else _draft_model(name, value, vocab_size)
     return value  # "seed": checked with the batch size, by seed_array
+
+
+def _draft_model(name: str, value, vocab_size: int):
+    """A draft model: a ``LanguageModel`` (its ``.model``) or a protocol model, same vocabulary."""
+    model = getattr(value, "model", value)
+    if getattr(model, "vocab_size", None) != vocab_size or not hasattr(model, "step_all"):
+        validation.fail(name, type(value).__name__,
+                        f"must be a LanguageModel (or a model with step_all) with vocab_size={vocab_size}")
+    return model
 
 
 def seed_array(seed, batch: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from . import processors, validation
+from . import processors, speculative, validation
 from .compiled import Strategy
 from .options import GenerationOptions, check, decode_options, seed_array
 from .plan import ShapePlan, bucket, fit_rows, left_pad, plan_shapes
@@ -84,6 +84,8 @@ def prepare(model, defaults: GenerationOptions, input_ids, attention_mask=None, 
     mask = validation.mask_array(attention_mask, ids)
     batch, prompt_len = ids.shape
     strategy = Strategy.from_options(checked)
+    if strategy.drafter is not None:  # speculative decoding: refuse what it cannot do, before tracing
+        speculative.check(model, strategy.drafter, checked.num_beams)
     _check_size(batch, prompt_len, checked, strategy, model)
     seeds = seed_array(checked.seed, batch)
     bad_words = _pack_bad_words(checked, model.vocab_size, bucketed)
