@@ -36,11 +36,11 @@ def tiny_lm(tiny_dir):
 def law_lm(request, tiny_lm):
     """Every model behind the decoder protocol that the law tests hold to account:
     the GPT-2 checkpoint above, and the deliberately different rotary,
-    multi-query model of ``xladecode/rope_decoder.py``."""
+    multi-query model of ``tests/rope_decoder.py``."""
     if request.param == "gpt2":
         return tiny_lm
     from xladecode.lm import LanguageModel
-    from xladecode.rope_decoder import RopeDecoder
+    from rope_decoder import RopeDecoder
     return LanguageModel(RopeDecoder(vocab_size=37, max_positions=64, seed=1))
 
 

@@ -30,7 +30,7 @@ from xladecode import drafters, kv_cache, positions as pos, processors, speculat
 from xladecode.drafters import Draft, DraftContext, ModelDrafter, PromptLookupDrafter
 from xladecode.gpt2 import GPT2
 from xladecode.lm import LanguageModel
-from xladecode.rope_decoder import RopeDecoder
+from rope_decoder import RopeDecoder
 
 VOCAB, WIDTH, NEW = 37, 8, 10
 SETTINGS = settings(max_examples=8, deadline=None, derandomize=True)

@@ -95,7 +95,7 @@ class VerifyingModel(DecoderModel, Protocol):
     * a write slot **per row**: each row has accepted its own number of
       tokens so far, so row ``b`` continues at its own ``cache_index[b]``.
 
-    GPT-2 (``gpt2.py``) and the rotary test model (``rope_decoder.py``) have it.
+    GPT-2 (``gpt2.py``) and the rotary test model (``tests/rope_decoder.py``) have it.
     A model without ``step_all`` still decodes normally; speculation refuses it.
     """
 
