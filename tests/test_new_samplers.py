@@ -31,20 +31,7 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 KEEPS = [1, 3, V + 2]  # min_tokens_to_keep values (Python ints: compile keys)
 
 
-class ThreeWays:
-    """Eager, graph and XLA results of ``fn``; each graph must be traced once."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.graph = tf.function(fn, jit_compile=False)
-        self.xla = tf.function(fn, jit_compile=True)
-
-    def __call__(self, *args):
-        args = [tf.constant(a) for a in args]
-        outs = [self.fn(*args).numpy(), self.graph(*args).numpy(), self.xla(*args).numpy()]
-        assert self.graph.experimental_get_tracing_count() == 1, "graph retraced"
-        assert self.xla.experimental_get_tracing_count() == 1, "XLA function retraced"
-        return outs
+from three_ways import ThreeWays  # noqa: E402
 
 
 def _per_keep(fn):

@@ -35,26 +35,7 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)  # CI sees
 # ---------------------------------------------------------------------------
 
 
-class ThreeWays:
-    """Run a processor eagerly, as a graph and under XLA.
-
-    The two ``tf.function`` wrappers are built once, so they are traced (and
-    XLA-compiled) on the first call only; later calls with new option values
-    must hit the cache, which ``__call__`` checks.
-    """
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.graph = tf.function(fn, jit_compile=False)
-        self.xla = tf.function(fn, jit_compile=True)
-
-    def __call__(self, *args):
-        args = [tf.constant(a) for a in args]
-        outs = [self.fn(*args).numpy(), self.graph(*args).numpy(), self.xla(*args).numpy()]
-        assert self.graph.experimental_get_tracing_count() == 1, "graph retraced"
-        assert self.xla.experimental_get_tracing_count() == 1, "XLA function retraced"
-        return outs
-
+from three_ways import ThreeWays  # noqa: E402  (shared with test_new_samplers.py)
 
 RP = ThreeWays(P.repetition_penalty)
 NGRAM = ThreeWays(P.no_repeat_ngram)
