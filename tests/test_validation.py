@@ -80,3 +80,53 @@ def test_valid_edge_values_are_accepted(tiny_lm):
     out = tiny_lm.generate(OK, do_sample=True, top_p=1.0, top_k=0, temperature=0.0, seed=(1, 2),
                            max_new_tokens=61)
     assert out.sequences.shape == (1, 64)
+
+
+# Hostile values of issue 13: each once wrapped around in int32, was coerced, or
+# failed inside TensorFlow after a trace. All are refused before any compile.
+HOSTILE = [
+    (dict(do_sample=True, top_k=2**32 + 1), r"top_k=4294967297.*<= 2147483647"),
+    (dict(no_repeat_ngram_size=2**32 + 1), r"no_repeat_ngram_size=4294967297.*<= 64"),
+    (dict(min_new_tokens=2**32), r"min_new_tokens=4294967296.*<= 64"),
+    (dict(num_beams=10**9), r"num_beams=1000000000.*<= 37"),
+    (dict(do_sample=True, temperature=math.inf), r"temperature=inf.*finite"),
+    (dict(repetition_penalty=-math.inf), r"repetition_penalty=-inf.*finite"),
+    (dict(do_sample="False"), r"do_sample='False'.*True or False"),
+    (dict(output_scores="no"), r"output_scores='no'.*True or False"),
+    (dict(jit_compile="no"), r"jit_compile='no'.*True or False"),
+    (dict(pad_token_id=[1, 2]), r"pad_token_id=.*integer"),
+    (dict(eos_token_id="5"), r"eos_token_id='5'"),
+    (dict(bad_words_ids=5), r"bad_words_ids=5.*list of token-id lists"),
+    (dict(bad_words_ids=[5]), r"bad_words_ids\[0\]=5.*list of token ids"),
+    (dict(input_ids=[[1, 2], [3]]), r"input_ids=.*same length"),
+    (dict(input_ids="hello"), r"input_ids='hello'.*not text"),
+    (dict(seed=True), r"seed=True"),
+]
+
+
+@pytest.mark.parametrize("kwargs,pattern", HOSTILE, ids=[c[1][:30] for c in HOSTILE])
+def test_hostile_generate_values_are_refused_before_compile(tiny_lm, kwargs, pattern):
+    kwargs = dict(kwargs)
+    input_ids = kwargs.pop("input_ids", OK)
+    before = tiny_lm.compile_count
+    with pytest.raises(ValueError, match=pattern):
+        tiny_lm.generate(input_ids, **kwargs)
+    assert tiny_lm.compile_count == before
+
+
+@pytest.mark.parametrize("prompts, pattern", [(None, r"prompts=None"), (b"hello", r"prompts=b'hello'.*not bytes"),
+                                              (["ok", ""], r"prompts\[1\]=''"),
+                                              (["ok", "a\ud800b"], r"prompts\[1\].*surrogate")])
+def test_bad_text_prompts_name_their_index(text_lm, prompts, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        text_lm.generate_text(prompts, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [(dict(prompt_length="16"), r"prompt_length='16'"),
+                                             (dict(jit_compile="no"), r"jit_compile='no'"),
+                                             (dict(bad_words_ids=5), r"bad_words_ids=5"),
+                                             (dict(overwrite="yes"), r"overwrite='yes'")])
+def test_bad_export_values(tiny_lm, tmp_path, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        tiny_lm.export(tmp_path / "model", max_new_tokens_buffer=4, **kwargs)
+    assert not (tmp_path / "model").exists()

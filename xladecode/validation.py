@@ -222,8 +222,8 @@ def prompt_text(name: str, value) -> str:
 
 def prompt_texts(name: str, value) -> list[str]:
     """A string or a non-empty list of prompts (see :func:`prompt_text`), as a list."""
-    if isinstance(value, str):
-        value = [value]
+    if isinstance(value, (str, bytes, bytearray)):
+        return [prompt_text(name, value)]
     if not isinstance(value, (list, tuple)) or not value:
         fail(name, value, "must be a non-empty string or a non-empty list of strings")
     return [prompt_text(f"{name}[{i}]", text) for i, text in enumerate(value)]
