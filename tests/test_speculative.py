@@ -48,19 +48,19 @@ def speculate(lm, drafter, ids, mask, *, do_sample=False, jit=True, **options):
     """Runs ``speculative_loop`` on a call prepared like ``lm.generate``; returns numpy
     ``(new tokens [rows, max_new], scores [rows, max_new], stats)`` for the caller's rows."""
     call = lm.prepare(ids, mask, do_sample=do_sample, **options)
-    key = (id(lm.model), drafter.compile_key(), do_sample, call.shape_key, jit)
+    key = (id(lm.model), drafter.compile_key(), do_sample, call.compile_key, jit)
     if key not in _COMPILED:
-        def run(i, m, o, buffer=call.buffer):
+        def run(i, m, o, buffer=call.plan.buffer):
             return speculative.speculative_loop(lm.model, i, m, o, buffer, do_sample, drafter)
         _COMPILED[key] = tf.function(run, jit_compile=jit, autograph=False)
     seq, scores, stats = _COMPILED[key](tf.constant(call.input_ids), tf.constant(call.attention_mask),
                                         call.options)
     start = call.input_ids.shape[1]
-    rows = call.rows
+    rows = call.plan.batch * call.strategy.rows_per_prompt
     stats = speculative.SpeculationStats(int(stats.iterations), stats.proposed.numpy()[:rows],
                                          stats.accepted.numpy()[:rows])
-    return (seq.numpy()[:rows, start:start + call.max_new_tokens],
-            scores.numpy()[:rows, :call.max_new_tokens], stats)
+    return (seq.numpy()[:rows, start:start + call.plan.max_new_tokens],
+            scores.numpy()[:rows, :call.plan.max_new_tokens], stats)
 
 
 def _pad_batch(rows):

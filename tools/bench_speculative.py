@@ -131,14 +131,14 @@ def speculative_fn(lm, ids, mask, new, drafter):
     """``speculative_loop`` compiled like ``generate`` (prepare + one XLA function)."""
     kw = dict(max_new_tokens=new, eos_token_id=[], pad_token_id=0)
     call = lm.prepare(ids, mask, **kw)
-    graph = tf.function(lambda i, m, o: speculative.speculative_loop(lm.model, i, m, o, call.buffer, False, drafter),
+    graph = tf.function(lambda i, m, o: speculative.speculative_loop(lm.model, i, m, o, call.plan.buffer, False, drafter),
                         jit_compile=True, autograph=False)
 
     def run():
         c = lm.prepare(ids, mask, **kw)
         seq, _, stats = graph(tf.constant(c.input_ids), tf.constant(c.attention_mask), c.options)
         start = c.input_ids.shape[1]
-        rows = c.rows
+        rows = c.plan.batch * c.strategy.rows_per_prompt
         return (seq.numpy()[:rows, start:start + new],
                 dict(iterations=int(stats.iterations), proposed=int(stats.proposed.numpy()[:rows].sum()),
                      accepted=int(stats.accepted.numpy()[:rows].sum())))
