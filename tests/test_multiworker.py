@@ -30,7 +30,7 @@ from multiworker_worker import IDS, MASK, OPTIONS, SEEDS
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "multiworker_worker.py"
 VICTIM = 1  # task 0 is the collective and coordination leader: the survivor keeps them
-WATCHDOG_S = 400  # safety net only: a hung test is killed and fails; nothing asserts on time
+WATCHDOG_S = 900  # safety net only (generous for a starved machine): a hang fails instead of blocking
 
 
 def _free_ports(n: int) -> list[int]:
