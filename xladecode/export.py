@@ -173,7 +173,7 @@ def _plan_export(lm, strategy, num_beams, max_new_tokens_buffer, batch_size, chu
         raise TypeError(f"lm.model is a {type(model).__name__}; export needs a tf.Module that holds "
                         "its weights as tf.Variables (as xladecode.gpt2.GPT2 does; see protocol.py)")
     if strategy == "beam":
-        num_beams = validation.integer("num_beams", num_beams, 2, model.vocab_size)
+        num_beams = validation.integer("num_beams", num_beams, 2)
     if max_new_tokens_buffer is None:
         max_new_tokens_buffer = lm.defaults.max_new_tokens
     n_new = validation.integer("max_new_tokens_buffer", max_new_tokens_buffer, 1, model.max_positions - 1)

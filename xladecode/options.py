@@ -112,9 +112,11 @@ class GenerationOptions:
                                   role="input"))
     top_p: float = _option(1.0, Spec("real", "nucleus sampling mass in (0, 1]; 1 = off", 0, 1,
                                      low_open=True, role="input"))
-    num_beams: int = _option(1, Spec("int", "beam search width (> 1 enables it)", 1, "vocab",
+    # No fixed upper bound: a width above the vocabulary is legal (exhaustive
+    # search of short continuations); request.py refuses what would not fit in memory.
+    num_beams: int = _option(1, Spec("int", "beam search width (> 1 enables it)", 1, INT32_MAX,
                                      role="compile"))
-    num_return_sequences: int = _option(1, Spec("int", "outputs per prompt", 1, "vocab", role="compile"))
+    num_return_sequences: int = _option(1, Spec("int", "outputs per prompt", 1, INT32_MAX, role="compile"))
     repetition_penalty: float = _option(1.0, Spec("real", "> 0; 1 = off", 0, 1e6, low_open=True))
     no_repeat_ngram_size: int = _option(0, Spec("int", "forbid repeating n-grams; 0 = off", 0, "positions"))
     bad_words_ids: Any = _option(None, Spec("words", "token sequences never to generate"))
