@@ -271,7 +271,8 @@ class ModelDrafter:
     def _run(self, ids, first_slot, cache, c: DraftContext):
         """The draft model on ``ids [B, t]`` at per-row slots ``first_slot [B] ..``."""
         slots = first_slot[:, tf.newaxis] + tf.range(ids.shape[1])
-        positions = tf.minimum(pos.slot_positions(c.prompt_mask, slots), self.model.max_positions - 1)
+        # Clipped: the slot before a one-token prompt is padding (position -1, masked anyway).
+        positions = tf.clip_by_value(pos.slot_positions(c.prompt_mask, slots), 0, self.model.max_positions - 1)
         return self.model.step_all(ids, positions, cache, first_slot, c.key_mask)
 
     def _choose(self, logits, seq, j, c: DraftContext):
