@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from . import plan
 from . import request as request_layer
 from . import validation
 from .checkpoint import read_generation_config, resolve_checkpoint
@@ -175,6 +176,47 @@ class LanguageModel:
             sequences_scores=plan.visible(sequences_scores.numpy(), per_prompt)
             if call.strategy.kind == "beam" else None,
         )
+
+    # ------------------------------------------------------------------- score
+    def score(self, texts: str | Sequence[str], *, jit_compile: bool = True):
+        """Per-token log-probabilities and perplexity of given texts.
+
+        Each text is tokenized (no BOS/EOS added), the batch left-padded and
+        fitted to the shared shape buckets (``plan.py``: extra left padding
+        and filler rows change no row's score); one full forward scores every
+        token but the first of each text, like transformers' loss with
+        ``labels = input_ids`` and -100 on padding. See ``scoring.py``.
+
+        Args:
+          texts: a string or a list of strings, each of 1 .. ``n_positions`` tokens.
+
+        Returns:
+          ``scoring.ScoreOutput`` (numpy): ``input_ids`` / ``attention_mask``
+          ``[batch, T]``, ``token_logprobs`` / ``mask`` ``[batch, T - 1]``,
+          ``perplexity`` ``[batch]`` (NaN for a one-token text).
+        """
+        from . import scoring  # imported late: generation never needs it
+
+        if self.tokenizer is None:
+            raise ValueError("score needs a tokenizer: the checkpoint folder has no "
+                             "tokenizer.json (or vocab.json + merges.txt)")
+        texts = validation.prompt_texts("texts", texts)
+        ids, mask = self.tokenizer.encode_batch(texts, pad_token_id=0)
+        rows, width = ids.shape
+        limit = self.model.max_positions
+        if width > limit:
+            validation.fail("texts", f"a text of {width} tokens", f"must be <= n_positions={limit} tokens")
+        if self.bucket_shapes:
+            padded_ids, padded_mask = plan.left_pad(ids, mask, min(plan.bucket(width, plan.PROMPT_BUCKET_MIN), limit), 0)
+            padded_ids, padded_mask = plan.fit_rows((padded_ids, padded_mask), plan.bucket(rows, 1))
+        else:
+            padded_ids, padded_mask = tf.constant(ids), tf.constant(mask)
+        fn = self.functions.get(("score", jit_compile), lambda: tf.function(
+            lambda i, m: scoring.score(self.model, i, m), jit_compile=jit_compile, autograph=False))
+        logprobs, scored = fn(padded_ids, padded_mask)
+        extra = int(padded_ids.shape[1]) - width  # bucketing columns, dropped again
+        logprobs, scored = logprobs.numpy()[:rows, extra:], scored.numpy()[:rows, extra:]
+        return scoring.ScoreOutput(ids, mask, logprobs, scored, scoring.perplexity(logprobs, scored).numpy())
 
     def export(self, path, **options):
         """Writes this model and its decoding loop as a SavedModel; see :func:`xladecode.export.export`.
