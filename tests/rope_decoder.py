@@ -14,7 +14,8 @@ model has
 * RMSNorm, no biases, an untied output matrix.
 
 It exists to prove the protocol: greedy, sampling and beam search run it with
-no change to the decoder, and the same law tests pass (``tests/test_second_model.py``).
+no change to the decoder, and the same law tests pass (the ``law_lm`` fixture of
+``tests/conftest.py`` runs every law test on both models).
 Random init only (it is a test and teaching model).
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from . import positions as pos
+from xladecode import positions as pos
 
 
 class RopeCache(NamedTuple):
