@@ -20,7 +20,10 @@ def test_tour_runs_and_its_claims_hold():
                  "mask [0, 0, 1, 1, 1] -> positions [0, 0, 0, 1, 2]",
                  "same continuation with and without 3 pad tokens: True",
                  "scores are sorted best first: True",
-                 "each row's sample unchanged: True"):
+                 "each row's sample unchanged: True",
+                 "chunk_size=5, 16 new tokens -> chunks of [5, 5, 5, 1] tokens",
+                 "streamed tokens == generate's tokens: True",
+                 "another chunk size -> new compiles: 0"):
         assert fact in out, f"tour no longer shows: {fact}\n{out}"
     row0 = out.split("row 0 after its EOS: ")[1].split(" (")[0]
     assert set(eval(row0)) == {0}
