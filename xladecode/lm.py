@@ -214,7 +214,7 @@ class LanguageModel:
           the decoded text (the EOS ids and the pad id).
         """
         if self.tokenizer is None:
-            raise ValueError("generate_text needs a tokenizer: the checkpoint folder has no "
+            raise ValueError("generate_text and stream_text need a tokenizer: the checkpoint folder has no "
                              "tokenizer.json (or vocab.json + merges.txt)")
         prompts = validation.prompt_texts("prompts", prompts)
         checked = self.prepare([[0]], None, **options).checked  # validates options, resolves eos/pad
