@@ -409,6 +409,54 @@ class LanguageModel:
             self._compiled.popitem(last=False)
         return fn
 
+    # ------------------------------------------------------------------ score
+    def score(self, texts: str | Sequence[str], *, jit_compile: bool = True):
+        """Per-token log-probabilities and perplexity of given texts (issue 16).
+
+        Each text is tokenized (no BOS/EOS added) and the batch left-padded;
+        one full forward pass scores every token but the first of each text
+        (nothing predicts it), like transformers' loss with ``labels =
+        input_ids`` and -100 on padding.  See ``scoring.py``.
+
+        Args:
+          texts: a string or a list of strings, each of at least one token
+            and at most ``n_positions`` tokens.
+
+        Returns:
+          :class:`scoring.ScoreOutput` (numpy): ``input_ids`` / ``attention_mask``
+          ``[batch, T]``, ``token_logprobs`` / ``mask`` ``[batch, T - 1]``,
+          ``perplexity`` ``[batch]`` (NaN for a one-token text).
+        """
+        from . import scoring  # imported late: generation never needs it
+
+        if self.tokenizer is None:
+            raise ValueError("score needs a tokenizer: the checkpoint folder has no "
+                             "tokenizer.json (or vocab.json + merges.txt)")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            validation.fail("texts", texts, "must be a non-empty string or list of strings")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text:
+                validation.fail(f"texts[{i}]", text, "must be a non-empty string")
+        ids, mask = self.tokenizer.encode_batch(texts, pad_token_id=0)
+        if ids.shape[1] > self.model.max_positions:
+            validation.fail("texts", f"a text of {ids.shape[1]} tokens",
+                            f"must be <= n_positions={self.model.max_positions} tokens")
+        rows, width = ids.shape
+        if self.bucket_shapes:  # extra left padding and filler rows are invisible to a row
+            padded = [(0, bucket(rows, 1) - rows),
+                      (min(bucket(width, PROMPT_BUCKET_MIN), self.model.max_positions) - width, 0)]
+            ids, mask = np.pad(ids, padded), np.pad(mask, padded)
+            mask[rows:, -1] = 1  # filler rows hold one real token
+        fn = self._function(("score", jit_compile), lambda: tf.function(
+            lambda i, m: scoring.score(self.model, i, m), jit_compile=jit_compile, autograph=False))
+        logprobs, scored = fn(tf.constant(ids), tf.constant(mask))
+        extra = ids.shape[1] - width  # bucketing columns, dropped again
+        ids, mask = ids[:rows, extra:], mask[:rows, extra:]
+        logprobs, scored = logprobs.numpy()[:rows, extra:], scored.numpy()[:rows, extra:]
+        return scoring.ScoreOutput(ids, mask, logprobs, scored,
+                                   scoring.perplexity(logprobs, scored).numpy())
+
 
 def default_model_path() -> Path:
     """Folder of the shipped default checkpoint (``models/gpt2-shakespeare``).
