@@ -315,3 +315,16 @@ def test_hit_exactly_where_transformers_generate_stops(text_model, stops):
                 assert hits[-1], (prompt, gpt2().decode(out[0]))
                 stopped_early += 1
     assert stopped_early > 0  # the stop strings did end some runs
+
+
+def test_encode_stop_strings_sizes_the_buckets():
+    assert S.encode_stop_strings("é!") == ["é!".encode()] == [b"\xc3\xa9!"]
+    assert S.encode_stop_strings(["\n\n", "ROMEO:"]) == [b"\n\n", b"ROMEO:"]
+    with pytest.raises(ValueError, match=r"stop_strings\[0\]"):
+        S.encode_stop_strings([None])
+
+
+def test_token_bytes_are_cached_and_not_shared_mutably():
+    first = gpt2().token_bytes()
+    first[0] = b"changed"
+    assert gpt2().token_bytes()[0] == b"!"
