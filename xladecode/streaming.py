@@ -211,13 +211,13 @@ class TextPieces:
     outside ``skip_ids``. See the module docstring for the rule (hold back a
     trailing U+FFFD) and the decoders it holds for (byte-level BPE: GPT-2's).
 
-    Example (GPT-2 splits "é" = bytes C3 A9 over two tokens)::
+    Example (GPT-2 spells "日" = bytes E6 97 A5 with three tokens)::
 
         pieces = TextPieces(tokenizer, skip_ids={50256})
-        pieces.push([40, 1842])  -> "I love"
-        pieces.push([6184])      -> ""         # " \\xc3": a space and half an "é"
-        pieces.push([102])       -> " é"
-        pieces.finish()          -> ""
+        pieces.push([482, 10545])  -> "ok "     # "ok", then " " + byte E6: the byte waits
+        pieces.push([245])         -> ""        # byte 97
+        pieces.push([98])          -> "日"      # byte A5 completes the character
+        pieces.finish()            -> ""
     """
 
     def __init__(self, tokenizer, skip_ids=()):
