@@ -19,7 +19,7 @@ def test_bench_json_table_and_progress(tiny_dir, capsys, monkeypatch):
     report = json.loads(captured.out)
     assert report["model"] == str(tiny_dir) and report["prompt_length"] == 3 and report["new_tokens"] == 4
     assert report["model_shape"] == {"n_layer": 2, "n_head": 2, "n_embd": 16, "vocab_size": 37, "n_positions": 64}
-    assert report["persistent_cache"] == {"directory": None, "entries": None}
+    assert report["persistent_cache"] == {"directory": None, "entries": None, "entries_at_start": None}
     assert [r["batch"] for r in report["results"]] == [1, 2]
     for row in report["results"]:
         assert set(row) == KEYS
@@ -39,6 +39,12 @@ def test_persistent_cache_is_read_from_tf_xla_flags(tmp_path, monkeypatch):
     (tmp_path / "a.pb").write_text("x")
     monkeypatch.setenv("TF_XLA_FLAGS", f"--tf_xla_enable_lazy_compilation=false {bench.CACHE_FLAG}={tmp_path}")
     assert bench.persistent_cache() == {"directory": str(tmp_path), "entries": 1}
+    report = {"model": "m", "model_shape": {}, "dtype": "float32", "jit_compile": True, "device": "CPU",
+              "prompt_length": 1, "new_tokens": 1, "repeats": 1, "results": [],
+              "persistent_cache": dict(bench.persistent_cache(), entries_at_start=0)}
+    assert bench.format_table(report).splitlines()[-1] == (
+        f"persistent compilation cache: {tmp_path} (0 files at the start, 1 now; "
+        "compiles found there are not repeated)")
 
 
 def test_bench_rejects_a_length_over_n_positions(tiny_dir, capsys):

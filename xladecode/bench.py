@@ -74,8 +74,11 @@ def _positive_list(text: str) -> list[int]:
 
 def report_for_args(args, lm) -> str:
     """Runs the bench the parsed ``args`` ask for; returns the table (or JSON) to print."""
+    from .lm import default_model_path
+
     meter = ProgressBar(PHASES * len(args.batch_sizes)) if not args.no_progress else (lambda label: None)
-    report = run(lm, str(args.model or "default (models/gpt2-shakespeare)"), args.batch_sizes,
+    name = args.model if args.model is not None else f"{default_model_path()} (default)"
+    report = run(lm, str(name), args.batch_sizes,
                  args.prompt_length, args.new_tokens, args.repeats, not args.no_jit, args.dtype, progress=meter)
     if not args.no_progress:
         meter.finish()
@@ -113,13 +116,14 @@ def persistent_cache() -> dict:
     return {"directory": folder, "entries": entries}
 
 
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_timed(fn) for _ in range(repeats))
 
 
 def bench_batch(lm, batch: int, prompt_length: int, new_tokens: int, repeats: int, jit_compile: bool,
@@ -135,9 +139,7 @@ def bench_batch(lm, batch: int, prompt_length: int, new_tokens: int, repeats: in
     options = dict(max_new_tokens=new_tokens, eos_token_id=[], pad_token_id=0, do_sample=False)
 
     progress(f"batch {batch}: compile")
-    start = time.perf_counter()
-    lm.generate(ids, jit_compile=jit_compile, **options)
-    first = time.perf_counter() - start
+    first = _timed(lambda: lm.generate(ids, jit_compile=jit_compile, **options))
     progress(f"batch {batch}: generate")
     generate_s = _median_time(lambda: lm.generate(ids, jit_compile=jit_compile, **options), repeats)
 
@@ -151,23 +153,17 @@ def bench_batch(lm, batch: int, prompt_length: int, new_tokens: int, repeats: in
         int(state.step)  # waits for the program (results come back together)
         return state
 
-    def advance(state):
-        return int(programs.advance(state, call.attention_mask, call.options, stop).step)
+    def decode_time():
+        state = begin()  # a fresh state, untimed: decoding starts at step 0
+        return _timed(lambda: int(programs.advance(state, call.attention_mask, call.options, stop).step))
 
-    advance(begin())  # compiles both programs
+    decode_time()  # compiles both programs
     prefill_s = _median_time(begin, repeats)
-    states = [begin() for _ in range(repeats)]  # fresh states: advance must start at step 0
-    decode_s = statistics.median(_timed(lambda s=s: advance(s)) for s in states)
+    decode_s = statistics.median(decode_time() for _ in range(repeats))
     return BenchRow(batch=batch, compile_s=max(first - generate_s, 0.0), first_call_s=first,
                     prefill_s=prefill_s, prefill_tokens_per_s=batch * prompt_length / prefill_s,
                     decode_s=decode_s, decode_tokens_per_s=batch * new_tokens / decode_s,
                     generate_s=generate_s)
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def run(lm, model_name: str, batch_sizes: Sequence[int], prompt_length: int, new_tokens: int,
@@ -183,13 +179,15 @@ def run(lm, model_name: str, batch_sizes: Sequence[int], prompt_length: int, new
     if prompt_length + new_tokens > limit:
         validation.fail("--new-tokens", new_tokens,
                         f"--prompt-length {prompt_length} + --new-tokens must be <= n_positions={limit}")
+    cache_at_start = persistent_cache()
     rows = [bench_batch(lm, b, prompt_length, new_tokens, repeats, jit_compile, progress) for b in batch_sizes]
+    cache = dict(persistent_cache(), entries_at_start=cache_at_start["entries"])
     config = getattr(lm.model, "config", None)
     shape = {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")
              if hasattr(config, k)}
     return {"model": model_name, "model_shape": shape, "dtype": dtype, "jit_compile": jit_compile,
             "device": _device(), "prompt_length": prompt_length, "new_tokens": new_tokens,
-            "repeats": repeats, "persistent_cache": persistent_cache(),
+            "repeats": repeats, "persistent_cache": cache,
             "results": [dataclasses.asdict(r) for r in rows]}
 
 
@@ -211,10 +209,10 @@ COLUMNS = (("batch", "batch", "{:d}"), ("compile s", "compile_s", "{:.2f}"),
 def format_table(report: dict) -> str:
     """The report as a few lines of text: a header, one row per batch size, the cache line."""
     shape = ", ".join(f"{k} {v}" for k, v in report["model_shape"].items())
-    lines = [f"model {report['model']} ({shape}), {report['dtype']}, "
-             f"{'XLA' if report['jit_compile'] else 'no XLA'}, {report['device']}",
-             f"prompt {report['prompt_length']} tokens, {report['new_tokens']} new tokens, "
-             f"median of {report['repeats']}", ""]
+    lines = [f"model  {report['model']}: {shape}",
+             f"setup  {report['dtype']}, {'XLA' if report['jit_compile'] else 'no XLA'}, {report['device']}; "
+             f"prompt {report['prompt_length']} tokens, {report['new_tokens']} new tokens; "
+             f"median of {report['repeats']} calls", ""]
     cells = [[h for h, _, _ in COLUMNS]] + [[f.format(r[k]) for _, k, f in COLUMNS] for r in report["results"]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
@@ -223,7 +221,8 @@ def format_table(report: dict) -> str:
         lines += ["", "persistent compilation cache: off (compiled programs die with the process); to keep them:",
                   "  " + CACHE_HINT]
     else:
-        lines += ["", f"persistent compilation cache: {cache['directory']} ({cache['entries']} files)"]
+        lines += ["", f"persistent compilation cache: {cache['directory']} ({cache['entries_at_start']} files "
+                      f"at the start, {cache['entries']} now; compiles found there are not repeated)"]
     return "\n".join(lines)
 
 
