@@ -120,6 +120,28 @@ def test_chunk_size_is_not_a_compile_key(tiny_lm):
     assert tiny_lm.compile_count == before
 
 
+def test_without_xla_too(tiny_lm):
+    ids = np.array([[2, 7, 1]], np.int32)
+    out = tiny_lm.generate(ids, max_new_tokens=9, jit_compile=False, eos_token_id=[], pad_token_id=0)
+    chunks = list(tiny_lm.stream(ids, max_new_tokens=9, chunk_size=4, jit_compile=False, eos_token_id=[],
+                                 pad_token_id=0))
+    assert _streamed(chunks).tolist() == out.sequences[:, 3:].tolist()
+
+
+class _TwoReplicas:
+    """A placement that splits rows over two replicas (never run: streaming refuses it first)."""
+
+    row_multiple = 2
+
+    def place_model(self, model):
+        return model
+
+
+def test_a_placement_over_several_devices_is_refused(tiny_lm):
+    with pytest.raises(ValueError, match="placement=._TwoReplicas.*one device"):
+        tiny_lm.with_placement(_TwoReplicas()).stream(np.array([[1, 2]], np.int32))
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(chunk_size=0), "chunk_size=0"),
     (dict(chunk_size=2.5), "chunk_size=2.5"),
