@@ -85,7 +85,7 @@ VOCAB = 50257
 # Flags that change the training trajectory: a resumed run must match them.
 TRAJECTORY_FLAGS = ("n_layer", "n_head", "n_embd", "n_positions", "seq_len", "batch", "steps",
                     "lr", "min_lr_ratio", "warmup", "weight_decay", "dropout", "init_from", "beta1", "beta2", "eps",
-                    "clip", "seed", "data")
+                    "clip", "seed", "data", "seen_vocab")
 
 
 # Flags that only shape the learning-rate schedule: --change-schedule lets a
@@ -179,13 +179,49 @@ def eval_windows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- model
+class VocabularyRestriction:
+    """The LM head restricted to the token ids the training data has.
+
+    A 7M-parameter GPT-2 with a 50,257-token head spends most of its training
+    FLOPs on the head, yet the Shakespeare training text uses only ~19k of
+    those ids. The other ~31k appear neither as inputs nor as targets, so all
+    training does to their columns is push them down. Keeping those columns
+    *equal* (one shared column ``u``) loses nothing: their n_unseen equal
+    logits ``h.u`` sum to one logit ``h.u + log(n_unseen)``. Training then
+    computes ``n_seen + 1`` logits instead of 50,257, and the shared column is
+    copied into every unseen column before evaluation and export, so the
+    exported model is an ordinary full-vocabulary GPT-2.
+
+    Example: seen = [0, 2], vocab 4 -> columns [0, 2, 1] (1 is the shared
+    column), column_offsets [0, 0, log 2], label_of [0, 2, 1, 2]
+    (token 1 and token 3 both train the shared column, index 2).
+    """
+
+    def __init__(self, seen_ids: np.ndarray, vocab_size: int):
+        seen = np.zeros(vocab_size, bool)
+        seen[seen_ids] = True
+        seen_list = np.flatnonzero(seen)
+        self.unseen = np.flatnonzero(~seen)
+        if len(self.unseen) == 0:
+            raise SystemExit("--seen-vocab: the training data uses every token id; nothing to skip")
+        self.shared = int(self.unseen[0])
+        self.columns = tf.constant(np.append(seen_list, self.shared), tf.int32)  # [n_seen + 1]
+        offsets = np.zeros(len(seen_list) + 1, np.float32)
+        offsets[-1] = math.log(len(self.unseen))
+        self.column_offsets = tf.constant(offsets)
+        label_of = np.full(vocab_size, len(seen_list), np.int32)  # unseen ids -> the shared column
+        label_of[seen_list] = np.arange(len(seen_list), dtype=np.int32)
+        self.label_of = tf.constant(label_of)
+
+
 class Trainer(tf.Module):
     """The model, AdamW state and the compiled train / eval steps."""
 
-    def __init__(self, config: GPT2Config, args):
+    def __init__(self, config: GPT2Config, args, seen=None):
         super().__init__(name="trainer")
         self.model = GPT2(config, seed=args.seed)
         self.args = args
+        self.vocab = VocabularyRestriction(seen, config.vocab_size) if seen is not None else None
         self.names = list(self.model.weights)
         self.params = [self.model.weights[n] for n in self.names]
         self.decay = [len(p.shape) >= 2 for p in self.params]
@@ -210,8 +246,14 @@ class Trainer(tf.Module):
     def _loss(self, x, y, dropout_seed=None):
         """Per-token loss ``[b, T]`` (dropout only with a ``dropout_seed``: training steps)."""
         rate = self.args.dropout if dropout_seed is not None else 0.0
-        logits = self.model.forward(x, dropout_rate=rate, dropout_seed=dropout_seed)
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)  # [b, T]
+        if self.vocab is None or dropout_seed is None:  # evaluation always scores the full vocabulary
+            logits = self.model.forward(x, dropout_rate=rate, dropout_seed=dropout_seed)
+            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)  # [b, T]
+        logits = self.model.forward(x, dropout_rate=rate, dropout_seed=dropout_seed,
+                                    head_columns=self.vocab.columns)  # [b, T, n_seen + 1]
+        logits += self.vocab.column_offsets  # the shared column stands for n_unseen equal columns
+        labels = tf.gather(self.vocab.label_of, y)
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
     def _train_step(self, x, y):
         a = self.args
@@ -243,8 +285,17 @@ class Trainer(tf.Module):
         w = tf.cast(row_weight, tf.float32)[:, None] * tf.ones_like(loss)
         return tf.reduce_sum(loss * w), tf.reduce_sum(w)
 
+    def tie_unseen_columns(self) -> None:
+        """With ``--seen-vocab``: copy the shared column into every unseen token's column."""
+        if self.vocab is not None:
+            wte = self.model.weights["wte.weight"]  # [C, V]
+            w = wte.numpy()
+            w[:, self.vocab.unseen] = w[:, self.vocab.shared][:, None]
+            wte.assign(w)
+
     def evaluate(self, windows: np.ndarray, batch: int) -> float:
         """Mean next-token loss (nats) over ``windows`` ``[n, T+1]``, in fixed-shape batches."""
+        self.tie_unseen_columns()
         total, count = 0.0, 0.0
         for i in range(0, len(windows), batch):
             chunk = windows[i:i + batch]
@@ -284,6 +335,7 @@ class Trainer(tf.Module):
     def export(self, folder: Path, log: dict) -> int:
         """Writes the HF checkpoint; returns the size of ``model.safetensors`` in bytes."""
         folder.mkdir(parents=True, exist_ok=True)
+        self.tie_unseen_columns()
         cfg = self.model.config
         (folder / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
         tensors = {"transformer." + n: a.astype(np.float16) for n, a in self.model.hf_weights().items()}
@@ -354,6 +406,10 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--init-from", default=None, metavar="FOLDER",
                    help="start from this checkpoint's weights (same shape flags) instead of a random init")
+    p.add_argument("--seen-vocab", action="store_true",
+                   help="train the LM head only on the token ids the training data has, plus one shared "
+                        "column standing for all the others (exact for a model whose unseen columns are "
+                        "equal; they are made equal before every evaluation and export)")
     p.add_argument("--dropout", type=float, default=0.0,
                    help="dropout after the embeddings and on every residual branch (training only)")
     p.add_argument("--beta1", type=float, default=0.9)
@@ -397,7 +453,7 @@ def main(argv=None):
 
     config = GPT2Config(vocab_size=VOCAB, n_positions=args.n_positions, n_embd=args.n_embd,
                         n_layer=args.n_layer, n_head=args.n_head, bos_token_id=EOT, eos_token_id=EOT)
-    trainer = Trainer(config, args)
+    trainer = Trainer(config, args, seen=np.unique(train) if args.seen_vocab else None)
     if args.init_from and not args.resume:  # start from a trained checkpoint's weights (fine-tuning)
         source = GPT2.from_pretrained(args.init_from)
         for name, variable in trainer.model.weights.items():

@@ -241,7 +241,8 @@ class GPT2(tf.Module):
         return self._lm_head(hidden), cache
 
     # ------------------------------------------------------------ full forward
-    def forward(self, input_ids, attention_mask=None, dropout_rate: float = 0.0, dropout_seed=None):
+    def forward(self, input_ids, attention_mask=None, dropout_rate: float = 0.0, dropout_seed=None,
+                head_columns=None):
         """All-position logits without a cache.
 
         Args:
@@ -252,9 +253,12 @@ class GPT2(tf.Module):
             ``embd_pdrop`` / ``resid_pdrop``). 0 (the default) is inference.
           dropout_seed: int32 ``[2]``, the stateless seed of the dropout
             masks (one training step's seed), needed when ``dropout_rate > 0``.
+          head_columns: training only: int32 ``[n]`` token ids. When given, only
+            these columns of the LM head are computed (logits ``[batch, T, n]``);
+            a trainer uses it to skip the vocabulary entries its data never has.
 
         Returns:
-          float32 ``[batch, T, vocab]``.
+          float32 ``[batch, T, vocab]`` (or ``[batch, T, n]`` with ``head_columns``).
         """
         input_ids, positions, mask = pos.full_sequence(input_ids, attention_mask)
         drop = _no_dropout
@@ -263,7 +267,7 @@ class GPT2(tf.Module):
                 seed = tf.random.experimental.stateless_fold_in(dropout_seed, site)
                 return tf.nn.experimental.stateless_dropout(x, dropout_rate, seed)
         hidden, _ = self._body(input_ids, positions, mask, drop=drop)
-        return self._lm_head(hidden)
+        return self._lm_head(hidden, head_columns)
 
     # ---------------------------------------------------------------- the body
     def _body(self, input_ids, positions, mask, cache=None, cache_index=None, drop=None):
@@ -326,9 +330,11 @@ class GPT2(tf.Module):
     def _mlp(self, h, prefix):
         return self._linear(self._act(self._linear(h, prefix + "mlp.c_fc")), prefix + "mlp.c_proj")
 
-    def _lm_head(self, hidden):
-        """``[..., C]`` -> float32 ``[..., vocab]`` logits."""
+    def _lm_head(self, hidden, columns=None):
+        """``[..., C]`` -> float32 ``[..., vocab]`` logits (``[..., n]`` for ``columns`` int32 ``[n]``)."""
         head = self.weights["wte.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # [C, V]
+        if columns is not None:
+            head = tf.gather(head, columns, axis=1)  # [C, n]
         logits = tf.matmul(tf.cast(hidden, self.dtype), head)
         return tf.cast(logits, tf.float32)
 
