@@ -202,16 +202,53 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
     # Validate every decoding option now (no compile), so a typo fails
     # before any file is touched.
     checked = lm.prepare([[0]], None, seed=seed, **generate_kwargs).checked
-    n_new, nrs = checked.max_new_tokens, checked.num_return_sequences
-    pad_id, eos = checked.pad_token_id, checked.eos_token_id
 
     input_path, output_path = Path(input_path), Path(output_path)
     errors_path = Path(errors_path) if errors_path is not None else output_path.with_name(
         output_path.name + ".errors.jsonl")
     source = jsonl.open_input(input_path)
-    report = BatchReport(output_path=str(output_path), errors_path=str(errors_path), seed=seed)
     try:
-        # Every check that can refuse comes before the first byte is written or cut.
+        job = _Job.open(lm, checked, seed, input_path, output_path, errors_path, resume, progress)
+    except BaseException:
+        source.close()
+        raise
+    job.started = started
+    try:
+        for chunk in _chunks(source, chunk_batches * batch_size):
+            items = job.parse(chunk)
+            # Length bucketing: similar lengths share a batch (stable sort).
+            items.sort(key=lambda it: len(it.tokens))
+            for start in range(0, len(items), batch_size):
+                job.decode_and_write(items[start:start + batch_size], jit_compile, generate_kwargs)
+                if on_batch is not None:
+                    on_batch(job.report)
+            job.writer.sync_errors()
+    finally:
+        source.close()
+        job.close()
+    return job.report
+
+
+@dataclasses.dataclass
+class _Job:
+    """One run's open files, counters and progress meter (see :func:`generate_file`)."""
+
+    lm: object
+    checked: GenerationOptions
+    seed: tuple[int, int]
+    writer: "_ResultWriter"
+    report: BatchReport
+    reported: set[int]  # line numbers an earlier run already reported as errors
+    done: set[str]  # id keys already in the output (resume)
+    meter: "_Progress | None"
+    started: float = 0.0
+    seen: dict = dataclasses.field(default_factory=dict)  # id key -> first line: duplicates are refused
+    quiet: int = 0  # lines handled without a record: blank, or reported by an earlier run
+
+    @classmethod
+    def open(cls, lm, checked, seed, input_path: Path, output_path: Path, errors_path: Path,
+             resume: bool, progress: bool) -> "_Job":
+        """Every check that can refuse, before the first byte is written or cut; then opens the files."""
         jsonl.refuse_same_file({"input_path": input_path, "output_path": output_path,
                                 "errors_path": errors_path})
         reported, errors_end = _reported_lines(errors_path, resume)
@@ -221,57 +258,57 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
             jsonl.cut_to(output_path, output_end)
             jsonl.cut_to(errors_path, errors_end)
         writer = _ResultWriter(output_path, errors_path, truncate_errors=not resume)
-    except BaseException:
-        source.close()
-        raise
-    meter = _Progress(total_lines) if progress else None
-    seen: dict[str, int] = {}  # id key -> first line: duplicates are refused
-    quiet = 0  # lines handled without a record: blank, or reported by an earlier run
-    try:
-        for chunk in _chunks(source, chunk_batches * batch_size):
-            items = []
-            for line_no, raw in chunk:
-                try:
-                    item = _parse_line(line_no, raw, lm, n_new, seed, seen)
-                except _LineError as error:
-                    if line_no in reported:  # reported by an earlier run of this job
-                        quiet += 1
-                    else:
-                        writer.error({"line": line_no, "id": error.id, "reason": error.reason})
-                        report.errors += 1
-                    continue
-                if item is None:  # blank line
-                    quiet += 1
-                    continue
-                if _id_key(item.id) in done:
-                    report.skipped += 1
-                    continue
+        report = BatchReport(output_path=str(output_path), errors_path=str(errors_path), seed=seed)
+        return cls(lm, checked, seed, writer, report, reported, done,
+                   _Progress(total_lines) if progress else None)
+
+    @property
+    def handled(self) -> int:
+        """Input lines dealt with: written, skipped, reported or blank."""
+        r = self.report
+        return r.written + r.skipped + r.errors + self.quiet
+
+    def parse(self, chunk: list[tuple[int, bytes | None]]) -> list[_Item]:
+        """The chunk's lines still to decode; bad lines are reported, blank and done ones counted."""
+        items = []
+        for line_no, raw in chunk:
+            try:
+                item = _parse_line(line_no, raw, self.lm, self.checked.max_new_tokens, self.seed, self.seen)
+            except _LineError as error:
+                if line_no in self.reported:  # reported by an earlier run of this job
+                    self.quiet += 1
+                else:
+                    self.writer.error({"line": line_no, "id": error.id, "reason": error.reason})
+                    self.report.errors += 1
+                continue
+            if item is None:  # blank line
+                self.quiet += 1
+            elif _id_key(item.id) in self.done:
+                self.report.skipped += 1
+            else:
                 items.append(item)
-            # Length bucketing: similar lengths share a batch (stable sort).
-            items.sort(key=lambda it: len(it.tokens))
-            for start in range(0, len(items), batch_size):
-                batch = items[start:start + batch_size]
-                texts, new_tokens = _decode_batch(lm, batch, checked, jit_compile, generate_kwargs)
-                records = [{"id": it.id, "prompt": it.prompt,
-                            "completion": texts[i] if nrs == 1 else texts[i * nrs:(i + 1) * nrs]}
-                           for i, it in enumerate(batch)]
-                writer.results(records, already_saved=report.written)
-                report.written += len(batch)
-                report.batches += 1
-                report.new_tokens += new_tokens
-                report.seconds = time.perf_counter() - started
-                if meter:
-                    meter.update(report.written + report.skipped + report.errors + quiet, report)
-                if on_batch is not None:
-                    on_batch(report)
-            writer.sync_errors()
-    finally:
-        source.close()
-        writer.close()
-        report.seconds = time.perf_counter() - started
-        if meter:
-            meter.finish(report.written + report.skipped + report.errors + quiet, report)
-    return report
+        return items
+
+    def decode_and_write(self, batch: list[_Item], jit_compile: bool, generate_kwargs: dict) -> None:
+        """Decodes one batch and writes its records durably; updates the report and the meter."""
+        texts, new_tokens = _decode_batch(self.lm, batch, self.checked, jit_compile, generate_kwargs)
+        nrs = self.checked.num_return_sequences
+        records = [{"id": it.id, "prompt": it.prompt,
+                    "completion": texts[i] if nrs == 1 else texts[i * nrs:(i + 1) * nrs]}
+                   for i, it in enumerate(batch)]
+        self.writer.results(records, already_saved=self.report.written)
+        self.report.written += len(batch)
+        self.report.batches += 1
+        self.report.new_tokens += new_tokens
+        self.report.seconds = time.perf_counter() - self.started
+        if self.meter:
+            self.meter.update(self.handled, self.report)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.report.seconds = time.perf_counter() - self.started
+        if self.meter:
+            self.meter.finish(self.handled, self.report)
 
 
 # ------------------------------------------------------------------ reading
