@@ -123,13 +123,13 @@ def interleave(timers: list[Timer], repeats: int):
 
 # ------------------------------------------------------------------ xladecode
 def plain_fn(lm, ids, mask, new):
-    kw = dict(max_new_tokens=new, eos_token_id=[], pad_token_id=0)
+    kw = dict(max_new_tokens=new, eos_token_id=[], pad_token_id=0, do_sample=False)  # greedy, whatever the checkpoint's generation_config says
     return lambda: lm.generate(ids, mask, **kw).sequences[:, ids.shape[1]:]
 
 
 def speculative_fn(lm, ids, mask, new, drafter):
     """``speculative_loop`` compiled like ``generate`` (prepare + one XLA function)."""
-    kw = dict(max_new_tokens=new, eos_token_id=[], pad_token_id=0)
+    kw = dict(max_new_tokens=new, eos_token_id=[], pad_token_id=0, do_sample=False)  # greedy, whatever the checkpoint's generation_config says
     call = lm.prepare(ids, mask, **kw)
     graph = tf.function(lambda i, m, o: speculative.speculative_loop(lm.model, i, m, o, call.plan.buffer, False, drafter),
                         jit_compile=True, autograph=False)
