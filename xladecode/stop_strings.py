@@ -43,8 +43,8 @@ import tensorflow as tf
 
 from . import validation
 
-__all__ = ["MAX_STOP_STRING_BYTES", "StopStringTables", "build_tables", "stop_string_hit",
-           "tables_from_vocab", "trim_stop_string"]
+__all__ = ["MAX_STOP_STRING_BYTES", "StopStringTables", "build_tables", "encode_stop_strings",
+           "stop_string_hit", "tables_from_vocab", "trim_stop_string"]
 
 #: Longest stop string accepted, in UTF-8 bytes.  The tables hold ``2 * (M - 1)``
 #: bytes per vocabulary entry (12.8 MB for GPT-2 at the limit), and each step
@@ -110,7 +110,7 @@ def tables_from_vocab(vocab: Sequence[bytes], stop_strings, *, vocab_size: int |
       >>> t.heads.tolist(), t.tails.tolist(), t.token_lengths.tolist()
       ([[115, 116, 0], [111, 112, 0], [111, 112, 101], [120, 0, 0]], [[0, 115, 116], [0, 111, 112], [101, 114, 97], [0, 0, 120]], [2, 2, 5, 1])
     """
-    encoded = _checked_stop_strings(stop_strings)
+    encoded = encode_stop_strings(stop_strings)
     longest = max(len(s) for s in encoded)
     slots = len(encoded) if num_strings is None else num_strings
     width = max(longest, 2) if max_bytes is None else max_bytes
@@ -131,7 +131,17 @@ def tables_from_vocab(vocab: Sequence[bytes], stop_strings, *, vocab_size: int |
     return StopStringTables(stop_bytes, stop_lengths, lengths, heads, tails, contains)
 
 
-def _checked_stop_strings(stop_strings) -> list[bytes]:
+def encode_stop_strings(stop_strings) -> list[bytes]:
+    """Validate ``stop_strings`` (a string or a non-empty list of them) and encode each to UTF-8.
+
+    Use it to size the buckets before :func:`build_tables`
+    (``max(len(b) for b in encode_stop_strings(...))`` bytes).
+
+    Raises:
+      ValueError: naming ``stop_strings`` (or ``stop_strings[i]``) for an
+        empty list, an empty or non-string entry, or one over
+        ``MAX_STOP_STRING_BYTES`` bytes.
+    """
     if isinstance(stop_strings, str):
         stop_strings = [stop_strings]
     if not isinstance(stop_strings, (list, tuple)) or not stop_strings:
