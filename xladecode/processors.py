@@ -65,6 +65,7 @@ __all__ = [
     "renormalize_logits",
     "repetition_penalty",
     "sequence_bias",
+    "sequence_bias_pairs",
     "suppress_tokens",
     "temperature",
     "top_k",
@@ -727,11 +728,7 @@ def pack_sequence_bias(
       >>> ids.tolist(), lengths.tolist(), biases.tolist()
       ([[3, 0], [1, 2]], [1, 2], [-1.0, 2.5])
     """
-    vocab_size = _check_vocab_size(vocab_size)
-    pairs = _sequence_bias_pairs(sequence_bias)
-    merged = {}
-    for index, (sequence, bias) in enumerate(pairs):
-        merged[_checked_sequence(sequence, index, vocab_size)] = _checked_bias(bias, index)
+    merged = dict(sequence_bias_pairs(sequence_bias, vocab_size))
     longest = max(len(sequence) for sequence in merged)
     rows = len(merged) if num_sequences is None else num_sequences
     cols = longest if max_sequence_len is None else max_sequence_len
@@ -748,6 +745,20 @@ def pack_sequence_bias(
         lengths[row] = len(sequence)
         biases[row] = bias
     return ids, lengths, biases
+
+
+def sequence_bias_pairs(sequence_bias, vocab_size: int) -> list[tuple[tuple[int, ...], float]]:
+    """Validate ``sequence_bias`` (either form of :func:`pack_sequence_bias`) into
+    ``(token-id tuple, bias)`` pairs, one per distinct sequence, later duplicates winning.
+
+    Raises:
+      ValueError: as :func:`pack_sequence_bias`.
+    """
+    vocab_size = _check_vocab_size(vocab_size)
+    merged = {}
+    for index, (sequence, bias) in enumerate(_sequence_bias_pairs(sequence_bias)):
+        merged[_checked_sequence(sequence, index, vocab_size)] = _checked_bias(bias, index)
+    return list(merged.items())
 
 
 def _sequence_bias_pairs(sequence_bias) -> list:
@@ -814,7 +825,7 @@ def sequence_bias(logits, tokens, token_mask, cur_len, bias_ids, bias_lengths, b
       logits: float32 ``[B, V]``.
       tokens: int32 ``[B, L]``.
       token_mask: bool ``[B, L]``.
-      cur_len: int32 scalar tensor.
+      cur_len: int32 scalar tensor, or ``[B]`` (one per row).
       bias_ids: int32 ``[N, M]``, right-padded.
       bias_lengths: int32 ``[N]``.
       biases: float32 ``[N]``.
@@ -851,14 +862,14 @@ def _sequences_about_to_complete(tokens, token_mask, cur_len, word_ids, lengths)
     """
     tokens = tf.convert_to_tensor(tokens, tf.int32)
     token_mask = tf.convert_to_tensor(token_mask, tf.bool)
-    cur_len = tf.convert_to_tensor(cur_len, tf.int32)
+    cur_len = _per_row(cur_len, tokens)  # [B]: rows may differ (speculative decoding)
     last_slot = tf.shape(tokens)[1] - 1
     width = tf.shape(word_ids)[1]
     offsets = tf.range(1, width)  # d = 1 .. M - 1
-    context_slot = cur_len - offsets
+    context_slot = cur_len[:, None] - offsets[None, :]  # [B, M-1]
     context_slot_clipped = tf.clip_by_value(context_slot, 0, last_slot)
-    context_token = tf.gather(tokens, context_slot_clipped, axis=1)  # [B, M-1]
-    context_ok = (context_slot >= 0)[None, :] & tf.gather(token_mask, context_slot_clipped, axis=1)
+    context_token = tf.gather(tokens, context_slot_clipped, batch_dims=1)  # [B, M-1]
+    context_ok = (context_slot >= 0) & tf.gather(token_mask, context_slot_clipped, batch_dims=1)
     word_pos = lengths[:, None] - 1 - offsets[None, :]  # [N, M-1]
     needed = word_pos >= 0
     word_token = tf.gather(word_ids, tf.clip_by_value(word_pos, 0, width - 1), batch_dims=1)

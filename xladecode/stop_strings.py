@@ -36,6 +36,7 @@ strings reuse one compiled graph.  The vocabulary size is fixed per model.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -43,7 +44,7 @@ import tensorflow as tf
 
 from . import validation
 
-__all__ = ["MAX_STOP_STRING_BYTES", "StopStringTables", "build_tables", "encode_stop_strings",
+__all__ = ["MAX_STOP_STRING_BYTES", "StopStringTables", "build_tables", "cached_tables", "encode_stop_strings",
            "stop_string_hit", "tables_from_vocab", "trim_stop_string"]
 
 #: Longest stop string accepted, in UTF-8 bytes.  The tables hold ``2 * (M - 1)``
@@ -99,6 +100,20 @@ def build_tables(tokenizer, stop_strings, *, vocab_size: int | None = None,
     """
     return tables_from_vocab(tokenizer.token_bytes(), stop_strings, vocab_size=vocab_size,
                              num_strings=num_strings, max_bytes=max_bytes)
+
+
+@functools.lru_cache(maxsize=16)
+def cached_tables(tokenizer, stop_strings: tuple[str, ...], vocab_size: int, num_strings: int,
+                  max_bytes: int) -> StopStringTables:
+    """:func:`build_tables`, computed once per (tokenizer, strings, sizes) and kept.
+
+    Building costs a pass over the vocabulary; a server asking for the same
+    stop strings on every call pays it once.  The 16 most recent entries are
+    kept (the largest, 128-byte strings over GPT-2, hold ~13 MB).  Treat the
+    arrays as read-only: they are shared between calls.
+    """
+    return build_tables(tokenizer, list(stop_strings), vocab_size=vocab_size, num_strings=num_strings,
+                        max_bytes=max_bytes)
 
 
 def tables_from_vocab(vocab: Sequence[bytes], stop_strings, *, vocab_size: int | None = None,
