@@ -150,6 +150,18 @@ def end_on_stop_strings(finished, tokens, token_mask, cur_len, options: DecodeOp
     return finished | stop_strings.stop_string_hit(tokens, token_mask, cur_len, tables)
 
 
+class SamplingState(NamedTuple):
+    """Loop state of greedy / sampled decoding."""
+
+    step: tf.Tensor  # int32 []: new tokens generated so far
+    sequences: tf.Tensor  # int32 [B, P + N]: prompt, then generated tokens, pad after EOS
+    token_mask: tf.Tensor  # bool [B, P + N]: real tokens written so far (for processors)
+    logits: tf.Tensor  # float32 [B, V]: the model's next-token logits
+    cache: Cache  # the model's cache, fixed size
+    finished: tf.Tensor  # bool [B]: row has emitted EOS
+    scores: tf.Tensor  # float32 [B, N]: log-prob of each chosen token (0 after EOS)
+
+
 def process_logits(logits, tokens, token_mask, cur_len, step, options: DecodeOptions):
     """Applies the logits processors, in transformers' order.
 
