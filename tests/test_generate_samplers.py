@@ -181,10 +181,8 @@ def test_generate_text_trims_the_stop_string_or_keeps_it(text_lm):
     stops = ["6646", "y a", " the"]
     kept = text_lm.generate_text(TEXT_PROMPTS, max_new_tokens=10, stop_strings=stops, trim_stop_strings=False)
     trimmed = text_lm.generate_text(TEXT_PROMPTS, max_new_tokens=10, stop_strings=stops)
-    plain = text_lm.generate_text(TEXT_PROMPTS, max_new_tokens=10)
     cut = 0
-    for prompt, k, t, p in zip(TEXT_PROMPTS, kept, trimmed, plain):
-        assert p.startswith(k)  # stopping only shortens greedy's text
+    for prompt, k, t in zip(TEXT_PROMPTS, kept, trimmed):
         assert t == stop_strings.trim_stop_string(k, stops, prefix=prompt) and k.startswith(t)
         if t != k:
             cut += 1
