@@ -50,3 +50,26 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
 def test_bad_option_value_is_a_clear_error(text_model):
     result = _run("generate", "hi", "--model", str(text_model), "--top-p", "1.5", "--do-sample")
     assert result.returncode == 2 and "top_p=1.5" in result.stderr
+
+
+def test_new_sampler_flags_and_repeatable_stop():
+    parser = cli.build_parser()
+    text = parser._subparsers._group_actions[0].choices["generate"].format_help()
+    for flag in ("--min-p", "--typical-p", "--epsilon-cutoff", "--eta-cutoff", "--renormalize-logits",
+                 "--stop", "--keep-stop"):
+        assert flag in text
+    assert "--sequence-bias" not in text and "--stop-strings" not in text  # see cli.CLI_EXCLUDED
+    args = parser.parse_args(["generate", "hi", "--min-p", "0.1", "--typical-p", "0.9", "--stop", "\n\n",
+                              "--stop", "JULIET:", "--renormalize-logits"])
+    assert cli.option_values(args) == {"min_p": 0.1, "typical_p": 0.9, "renormalize_logits": True}
+    assert args.stop == ["\n\n", "JULIET:"] and not args.keep_stop
+
+
+def test_stop_flag_matches_python_api(text_model, capsys):
+    stops = ["6646", "y a", " the", "e"]
+    assert cli.main(["generate", "ROMEO:", "The", "--model", str(text_model), "--max-new-tokens", "8",
+                     "--no-do-sample", "--continuation-only"] + [a for s in stops for a in ("--stop", s)]) == 0
+    printed = capsys.readouterr().out.split("\n\n")
+    texts = xladecode.load(text_model).generate_text(["ROMEO:", "The"], max_new_tokens=8, do_sample=False,
+                                                     stop_strings=stops)
+    assert [p.strip("\n") for p in printed[:2]] == texts

@@ -262,8 +262,7 @@ def test_recommended_wiring_matches_generate_warper_order(logits, t, k, top_p, m
     ref = reference(chain, logits)
     shifted = reference(chain, logits + np.float32(0.25))
     assume(np.array_equal(np.isneginf(ref), np.isneginf(shifted)))
-    zeros = {f: tf.zeros([]) for f in DecodeOptions._fields}
-    options = DecodeOptions(**(zeros | dict(temperature=tf.constant(t, tf.float32), top_k=tf.constant(k),
+    options = DecodeOptions.off(V, **(dict(temperature=tf.constant(t, tf.float32), top_k=tf.constant(k),
                                             top_p=tf.constant(top_p, tf.float32))))
     values = tuple(tf.constant(v, tf.float32) for v in (min_p, typical, 0.0, eta))
     out = _WARP_THEN_TRUNCATE(tf.constant(logits), options, values).numpy()

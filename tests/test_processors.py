@@ -476,8 +476,7 @@ def test_skipping_off_processors_changes_nothing(logits, prefix, penalty, n, min
         bad_ids, bad_lengths = np.zeros([0, 1], np.int32), np.zeros([0], np.int32)
     else:
         bad_ids, bad_lengths = P.pack_bad_words(words, V)
-    zeros = {f: tf.zeros([]) for f in DecodeOptions._fields}
-    options = DecodeOptions(**(zeros | dict(
+    options = DecodeOptions.off(V, **(dict(
         max_new_tokens=tf.constant(5), eos_mask=tf.constant(eos), min_new_tokens=tf.constant(min_new),
         forced_eos_mask=tf.constant(P.vocab_mask_from_ids(forced, V)),
         suppress_mask=tf.constant(P.vocab_mask_from_ids(suppress, V)),

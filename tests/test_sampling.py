@@ -236,8 +236,7 @@ WARP_V = 700
 @tf.function(jit_compile=True)
 def _warp(logits, k, p, t):
     from xladecode.decoding import DecodeOptions
-    zeros = {f: tf.zeros([]) for f in DecodeOptions._fields}
-    options = DecodeOptions(**(zeros | dict(top_k=k, top_p=p, temperature=t)))
+    options = DecodeOptions.off(WARP_V, top_k=k, top_p=p, temperature=t)
     from xladecode.decoding import warp_logits
     return warp_logits(logits, options)
 

@@ -276,3 +276,55 @@ def test_docstring_examples():
 
     result = doctest.testmod(S)
     assert result.failed == 0 and result.attempted >= 5
+
+
+# ---------------------------------------------------------------------------
+# Where generation ends: transformers' generate(stop_strings=...) on a random
+# checkpoint over the real GPT-2 vocabulary (conftest.text_model)
+# ---------------------------------------------------------------------------
+
+# Chosen from what this random model writes ("... accessory Unreal Unreal",
+# "646646646"), so that most of them span a token boundary.
+GEN_STOPS = [("e",), ("l U", "y a"), ("6646", "ed c"), ("FPS", "ropy p")]
+PROMPTS = ["ROMEO:", "To be, or not", "The"]
+
+
+@pytest.mark.parametrize("stops", GEN_STOPS)
+def test_hit_exactly_where_transformers_generate_stops(text_model, stops):
+    """Each generated token of transformers' own run: our check is False until
+    the token where generate stopped on a stop string, and True there."""
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    model = GPT2LMHeadModel.from_pretrained(text_model).eval()
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER_JSON))
+    tables = our_tables(stops)
+    max_new, stopped_early = 12, 0
+    for prompt in PROMPTS:
+        for seed in range(2):
+            ids = torch.tensor([gpt2().encode(prompt)])
+            torch.manual_seed(seed)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                                 do_sample=seed > 0, top_k=0, stop_strings=list(stops),
+                                 tokenizer=hf_tokenizer, pad_token_id=50256).numpy().astype(np.int32)
+            prompt_len, total = ids.shape[1], out.shape[1]
+            hits = [bool(S.stop_string_hit(out, np.ones_like(out, bool), n, tables).numpy()[0])
+                    for n in range(prompt_len + 1, total + 1)]
+            assert not any(hits[:-1]), (prompt, gpt2().decode(out[0]))
+            ended_on_stop = total < prompt_len + max_new and out[0, -1] != 50256
+            if ended_on_stop:
+                assert hits[-1], (prompt, gpt2().decode(out[0]))
+                stopped_early += 1
+    assert stopped_early > 0  # the stop strings did end some runs
+
+
+def test_encode_stop_strings_sizes_the_buckets():
+    assert S.encode_stop_strings("é!") == ["é!".encode()] == [b"\xc3\xa9!"]
+    assert S.encode_stop_strings(["\n\n", "ROMEO:"]) == [b"\n\n", b"ROMEO:"]
+    with pytest.raises(ValueError, match=r"stop_strings\[0\]"):
+        S.encode_stop_strings([None])
+
+
+def test_token_bytes_are_cached_and_not_shared_mutably():
+    first = gpt2().token_bytes()
+    first[0] = b"changed"
+    assert gpt2().token_bytes()[0] == b"!"

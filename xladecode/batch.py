@@ -68,7 +68,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import jsonl, validation
+from . import jsonl, stop_strings, validation
 from .options import GenerationOptions, UnknownOptionError
 
 
@@ -170,7 +170,9 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
       on_batch: called with the running :class:`BatchReport` after each batch
         is durably written (a hook for monitoring and tests).
       **generate_kwargs: decoding options of :meth:`LanguageModel.generate`
-        (``max_new_tokens``, ``do_sample``, ``top_p``, ...).
+        (``max_new_tokens``, ``do_sample``, ``top_p``, ...). With
+        ``stop_strings`` a completion is cut just before the stop string that
+        ended it (``LanguageModel.generate_text``'s default rule).
 
     Returns:
       :class:`BatchReport`.
@@ -402,6 +404,10 @@ def _decode_batch(lm, batch: list[_Item], checked: GenerationOptions, jit_compil
     out = lm.generate(ids, mask, seed=seeds, jit_compile=jit_compile, **generate_kwargs)
     new = out.sequences[:, width:]
     texts = lm.tokenizer.decode_batch(new, skip_ids=set(eos) | {pad_id})
+    if checked.stop_strings is not None:  # generate_text's default rule: cut before the stop string
+        per_prompt = len(texts) // len(batch)
+        texts = [stop_strings.trim_stop_string(text, checked.stop_strings, prefix=batch[i // per_prompt].prompt)
+                 for i, text in enumerate(texts)]
     # Tokens generated per row: up to and including the first EOS.
     is_eos = np.isin(new, eos) if eos else np.zeros(new.shape, bool)
     lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, new.shape[1])

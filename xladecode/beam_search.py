@@ -42,7 +42,8 @@ import tensorflow as tf
 
 from . import positions as pos
 from . import sampling
-from .decoding import DecodeOptions, prefill, process_logits, warp_logits
+from . import processors
+from .decoding import DecodeOptions, end_on_stop_strings, prefill, process_logits, warp_logits
 from .options import EarlyStopping
 from .protocol import Cache, DecoderModel
 
@@ -84,6 +85,20 @@ def _set_column(seqs: tf.Tensor, column: tf.Tensor, index) -> tf.Tensor:
 
 def _length_power(length, length_penalty):
     return tf.pow(tf.cast(length, tf.float32), length_penalty)
+
+
+def _end_on_stop_strings(hits, cand_seqs, prompt_slots, cur_len, options: DecodeOptions) -> tf.Tensor:
+    """``hits`` (bool ``[b, K]``) OR "candidate (``[b, K, L]``, new token at
+    slot ``cur_len``) completes a stop string": transformers checks its
+    stopping criteria on the candidates, and a hit ends a hypothesis as EOS does.
+
+    ``prompt_slots``: bool ``[b, L]``, the prompt's real tokens and every new slot.
+    """
+    batch, k, length = cand_seqs.shape
+    written = prompt_slots & (tf.range(length) <= cur_len)[tf.newaxis, :]
+    flat = end_on_stop_strings(tf.reshape(hits, [batch * k]), tf.reshape(cand_seqs, [batch * k, length]),
+                               tf.repeat(written, k, axis=0), cur_len + 1, options)
+    return tf.reshape(flat, [batch, k])
 
 
 def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeOptions,
@@ -153,8 +168,10 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
         token_mask = tf.logical_and(prompt_slots, slots[tf.newaxis, :] < cur_len)
         logprobs = process_logits(tf.nn.log_softmax(s.logits), flat_seqs, token_mask, cur_len,
                                   s.step, options)
-        if do_sample:
-            logprobs = warp_logits(logprobs, options)
+        if do_sample:  # at least one non-EOS token survives truncation, as in transformers
+            logprobs = warp_logits(logprobs, options, min_tokens_to_keep=num_eos_ids + 1)
+        logprobs = tf.cond(options.renormalize_logits, lambda: processors.renormalize_logits(logprobs),
+                           lambda: logprobs)  # the last processor, as in transformers
         logprobs = tf.reshape(logprobs, [batch, nb, vocab])
         totals = tf.reshape(logprobs + s.live_scores[:, :, tf.newaxis], [batch, nb * vocab])
         logprobs = tf.reshape(logprobs, [batch, nb * vocab])
@@ -174,6 +191,7 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
         cand_seqs = _set_column(gather_beams(s.live_seqs, parent), token, cur_len)
         cand_token_scores = _set_column(gather_beams(s.live_token_scores, parent), cand_token_logprob, s.step)
         hits = tf.logical_or(tf.gather(options.eos_mask, token), s.step + 1 >= options.max_new_tokens)
+        hits = _end_on_stop_strings(hits, cand_seqs, prompt_slots[::nb], cur_len, options)
 
         # 3. Live beams for the next step: the best candidates that did not end.
         live_cand_scores = cand_scores + tf.cast(hits, tf.float32) * NEG

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_option_flags(g)
     g.add_argument("--bad-words", action="append", default=None, metavar="TEXT",
                    help="a word or phrase never to generate (repeatable)")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop a row once its text contains TEXT, even across tokens (repeatable); "
+                        "the printed text ends just before it")
+    g.add_argument("--keep-stop", action="store_true",
+                   help="print the text as generated, stop string included (transformers' output)")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype")
     g.add_argument("--no-jit", action="store_true", help="run the same graph without XLA")
     g.add_argument("--continuation-only", action="store_true", help="print only the new text")
@@ -75,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 CLI_EXCLUDED = {
     "bad_words_ids": "given as text: --bad-words TEXT (tokenized, with and without a leading space)",
     "output_scores": "the CLI prints text, not scores",
+    "stop_strings": "spelled --stop TEXT (repeatable), the common name for it",
+    "sequence_bias": "a mapping of token-id sequences to biases has no readable flag form; "
+                     "use the Python API or generation_config.json",
 }
 
 _FLAG_TYPES = {"int": int, "real": float, "ids": _int_list, "id": int, "seed": _seed,
@@ -179,12 +187,14 @@ def main(argv=None) -> int:
     if args.bad_words and lm.tokenizer is not None:
         # A phrase is banned with and without a leading space (BPE spells them differently).
         options["bad_words_ids"] = [lm.tokenizer.encode(v) for w in args.bad_words for v in (w, " " + w)]
+    if args.stop:
+        options["stop_strings"] = args.stop
     options = {k: v for k, v in options.items() if v is not None}
     if args.input is not None:
         return _generate_file(args, lm, options, log)
     start = time.perf_counter()
     try:
-        texts = lm.generate_text(args.prompt, **options)
+        texts = lm.generate_text(args.prompt, trim_stop_strings=not args.keep_stop, **options)
     except ValueError as error:
         print(f"xladecode: error: {error}", file=sys.stderr)
         return 2
@@ -212,7 +222,7 @@ def _check_prompt_or_input(parser, args) -> None:
 
 
 def _check_text_arguments(parser, args) -> None:
-    """Prompts and ``--bad-words`` must be UTF-8 text.
+    """Prompts, ``--bad-words`` and ``--stop`` must be UTF-8 text.
 
     Python decodes argv with ``surrogateescape``: a byte that is not UTF-8
     (``$'\\xff'`` in bash) becomes a lone surrogate, which no tokenizer or
@@ -221,6 +231,7 @@ def _check_text_arguments(parser, args) -> None:
     """
     texts = [(f"PROMPT {i + 1}", p) for i, p in enumerate(args.prompt)]
     texts += [(f"--bad-words #{i + 1}", w) for i, w in enumerate(args.bad_words or ())]
+    texts += [(f"--stop #{i + 1}", w) for i, w in enumerate(args.stop or ())]
     for name, text in texts:
         try:
             text.encode("utf-8")

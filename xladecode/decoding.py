@@ -32,11 +32,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import positions as pos
-from . import processors, sampling
+from . import processors, sampling, stop_strings
 from .protocol import Cache, DecoderModel
 
 
@@ -64,6 +65,89 @@ class DecodeOptions(NamedTuple):
     sample_index: tf.Tensor  # int32 [B]: which return sequence of its prompt a row is
     length_penalty: tf.Tensor  # float32 []: beam search only
     early_stopping: tf.Tensor  # int32 []: beam search only; an options.EarlyStopping value
+    # Truncation samplers (sampling only): each off value skips its warper.
+    min_p: tf.Tensor  # float32 []: 0 = off
+    typical_p: tf.Tensor  # float32 []: 1 = off (0 would be ON: use DecodeOptions.off, not zeros)
+    epsilon_cutoff: tf.Tensor  # float32 []: 0 = off
+    eta_cutoff: tf.Tensor  # float32 []: 0 = off
+    renormalize_logits: tf.Tensor  # bool []: log-softmax at the end of the chain (beam search)
+    # sequence_bias, packed like bad words (processors.pack_sequence_bias); zero rows = off.
+    sequence_bias_ids: tf.Tensor  # int32 [n_seqs, max_len], right-padded
+    sequence_bias_lengths: tf.Tensor  # int32 [n_seqs]
+    sequence_bias_values: tf.Tensor  # float32 [n_seqs]
+    # stop_strings: the fields of stop_strings.StopStringTables; zero strings = off.
+    stop_bytes: tf.Tensor  # int32 [S, M]
+    stop_lengths: tf.Tensor  # int32 [S]
+    stop_token_lengths: tf.Tensor  # int32 [V] (or [0] when off)
+    stop_heads: tf.Tensor  # uint8 [V, M - 1]
+    stop_tails: tf.Tensor  # uint8 [V, M - 1]
+    stop_contains: tf.Tensor  # bool [S, V]
+
+    @classmethod
+    def off(cls, vocab_size: int, **values) -> "DecodeOptions":
+        """Every option at its off value (one row, 1 new token), then ``values`` on top.
+
+        For tests and tools that build options by hand: an all-zeros tuple
+        would switch some options ON (``typical_p=0``, ``temperature=0``).
+        """
+        def mask():
+            return tf.zeros([vocab_size], tf.bool)
+
+        base = dict(
+            max_new_tokens=tf.constant(1), pad_token_id=tf.constant(0), eos_mask=mask(),
+            min_new_tokens=tf.constant(0), forced_eos_mask=mask(), suppress_mask=mask(),
+            repetition_penalty=tf.constant(1.0), no_repeat_ngram_size=tf.constant(0),
+            bad_words_ids=tf.zeros([0, 1], tf.int32), bad_words_lengths=tf.zeros([0], tf.int32),
+            temperature=tf.constant(1.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
+            seeds=tf.zeros([1, 2], tf.int32), sample_index=tf.zeros([1], tf.int32),
+            length_penalty=tf.constant(1.0), early_stopping=tf.constant(0),
+            min_p=tf.constant(0.0), typical_p=tf.constant(1.0), epsilon_cutoff=tf.constant(0.0),
+            eta_cutoff=tf.constant(0.0), renormalize_logits=tf.constant(False),
+            **sequence_bias_fields(None), **stop_string_fields(None))
+        return cls(**(base | values))
+
+
+def sequence_bias_fields(packed) -> dict:
+    """The ``sequence_bias_*`` fields of :class:`DecodeOptions` from
+    ``processors.pack_sequence_bias``'s ``(ids, lengths, biases)``; None = off."""
+    if packed is None:
+        packed = (np.zeros([0, 1], np.int32), np.zeros([0], np.int32), np.zeros([0], np.float32))
+    ids, lengths, biases = packed
+    return dict(sequence_bias_ids=tf.constant(ids, tf.int32), sequence_bias_lengths=tf.constant(lengths, tf.int32),
+                sequence_bias_values=tf.constant(biases, tf.float32))
+
+
+def stop_string_fields(tables) -> dict:
+    """The ``stop_*`` fields of :class:`DecodeOptions` from a ``stop_strings.StopStringTables``; None = off."""
+    if tables is None:
+        tables = stop_strings.StopStringTables(
+            np.zeros([0, 2], np.int32), np.zeros([0], np.int32), np.zeros([0], np.int32),
+            np.zeros([0, 1], np.uint8), np.zeros([0, 1], np.uint8), np.zeros([0, 0], bool))
+    return dict(stop_bytes=tf.constant(tables.stop_bytes, tf.int32),
+                stop_lengths=tf.constant(tables.stop_lengths, tf.int32),
+                stop_token_lengths=tf.constant(tables.token_lengths, tf.int32),
+                stop_heads=tf.constant(tables.heads, tf.uint8), stop_tails=tf.constant(tables.tails, tf.uint8),
+                stop_contains=tf.constant(tables.contains, tf.bool))
+
+
+def end_on_stop_strings(finished, tokens, token_mask, cur_len, options: DecodeOptions) -> tf.Tensor:
+    """``finished`` OR "the newest token (slot ``cur_len - 1``) completes a stop string".
+
+    Args:
+      finished: bool ``[B]``.
+      tokens / token_mask: int32 / bool ``[B, L]``, the newest token already
+        written (see ``stop_strings.stop_string_hit``).
+
+    Returns:
+      bool ``[B]``; ``finished`` itself, tracing nothing, when ``options``
+      has no stop strings (zero strings is a shape).
+    """
+    o = options
+    if o.stop_bytes.shape[0] == 0:
+        return finished
+    tables = stop_strings.StopStringTables(o.stop_bytes, o.stop_lengths, o.stop_token_lengths,
+                                           o.stop_heads, o.stop_tails, o.stop_contains)
+    return finished | stop_strings.stop_string_hit(tokens, token_mask, cur_len, tables)
 
 
 class SamplingState(NamedTuple):
@@ -98,6 +182,9 @@ def process_logits(logits, tokens, token_mask, cur_len, step, options: DecodeOpt
     fused the off processors well; a large gain with ``jit_compile=False``.)
     """
     o = options
+    if o.sequence_bias_ids.shape[0] != 0:  # first, as in transformers; zero sequences trace nothing
+        logits = processors.sequence_bias(logits, tokens, token_mask, cur_len, o.sequence_bias_ids,
+                                          o.sequence_bias_lengths, o.sequence_bias_values)
     logits = _when(o.repetition_penalty != 1.0, logits, lambda x: processors.repetition_penalty(
         x, tokens, token_mask, o.repetition_penalty))
     logits = _when(o.no_repeat_ngram_size > 0, logits, lambda x: processors.no_repeat_ngram(
@@ -121,8 +208,12 @@ def _when(active, logits, processor):
 TOP_K_FAST_PATH = 256
 
 
-def warp_logits(logits, options: DecodeOptions):
-    """Sampling warpers: temperature, then top-k, then top-p (transformers' order).
+def warp_logits(logits, options: DecodeOptions, min_tokens_to_keep: int = 1):
+    """Sampling warpers: temperature, top-k, top-p, then min-p, typical, epsilon, eta
+    (transformers' order; the last four are ``processors.truncate``).
+
+    ``min_tokens_to_keep``: Python int, the truncation warpers' floor (1 when
+    sampling; beam sampling passes the number of EOS ids + 1, as transformers).
 
     A temperature of 0 is handled by the caller (greedy); here it is replaced
     by 1 so nothing divides by zero.
@@ -145,7 +236,8 @@ def warp_logits(logits, options: DecodeOptions):
       accept this edge case; it needs hundreds of bit-identical logits.
 
     Filters that are off are skipped. Each branch is a ``tf.cond`` on tensor
-    values: still one graph.
+    values: still one graph (the four truncation warpers share one outer
+    ``tf.cond``, so when all are off they cost one predicate per step).
     """
     safe_t = tf.where(options.temperature > 0, options.temperature, 1.0)
     logits = processors.temperature(logits, safe_t)
@@ -164,8 +256,10 @@ def warp_logits(logits, options: DecodeOptions):
 
     filters_off = tf.logical_and(k <= 0, p >= 1)
     fast = tf.logical_and(k > 0, k <= pool)
-    return tf.cond(filters_off, lambda: logits,
-                   lambda: tf.cond(fast, on_top_candidates, on_full_vocabulary))
+    logits = tf.cond(filters_off, lambda: logits,
+                     lambda: tf.cond(fast, on_top_candidates, on_full_vocabulary))
+    o = options
+    return processors.truncate(logits, o.min_p, o.typical_p, o.epsilon_cutoff, o.eta_cutoff, min_tokens_to_keep)
 
 
 def choose_tokens(processed, options: DecodeOptions, keys, step, do_sample: bool):
@@ -272,13 +366,18 @@ def decode_step(s: SamplingState, c: LoopConstants) -> tuple[SamplingState, tf.T
     # Finished rows keep emitting pad and score nothing.
     tokens = tf.where(s.finished, options.pad_token_id, tokens)
     logprobs = tf.where(s.finished, 0.0, logprobs)
-    finished = tf.logical_or(s.finished, tf.gather(options.eos_mask, tokens))
+    sequences = write_column(s.sequences, tokens, slot)
+    token_mask = write_column(s.token_mask, tf.ones([batch], tf.bool), slot)
+    # A row ends on EOS, or once its text contains a stop string (transformers'
+    # StopStringCriteria: checked on the sequence with the new token written).
+    finished = end_on_stop_strings(s.finished | tf.gather(options.eos_mask, tokens), sequences, token_mask,
+                                   slot + 1, options)
     logits, cache = c.model.step(tokens[:, tf.newaxis], pos.next_positions(c.attention_mask, s.step),
                                  s.cache, slot, c.key_mask)
     next_state = SamplingState(
         step=s.step + 1,
-        sequences=write_column(s.sequences, tokens, slot),
-        token_mask=write_column(s.token_mask, tf.ones([batch], tf.bool), slot),
+        sequences=sequences,
+        token_mask=token_mask,
         logits=logits,
         cache=cache,
         finished=finished,

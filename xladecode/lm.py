@@ -126,8 +126,8 @@ class LanguageModel:
     def prepare(self, input_ids, attention_mask=None, **options) -> request_layer.Request:
         """Validates a ``generate`` call: see :func:`xladecode.request.prepare`."""
         return request_layer.prepare(self.model, self.defaults, input_ids, attention_mask,
-                                     bucketed=self.bucket_shapes,
-                                     row_multiple=self.placement.row_multiple, **options)
+                                     bucketed=self.bucket_shapes, row_multiple=self.placement.row_multiple,
+                                     tokenizer=self.tokenizer, **options)
 
     def compiled_generate(self, call: request_layer.Request, jit_compile: bool = True):
         """The cached compiled decoder for a prepared call (``compiled.build_generate``).
@@ -229,11 +229,21 @@ class LanguageModel:
 
         return export.export(self, path, **options)
 
-    def generate_text(self, prompts: str | Sequence[str], *, jit_compile: bool = True, **options) -> list[str]:
+    def generate_text(self, prompts: str | Sequence[str], *, jit_compile: bool = True,
+                      trim_stop_strings: bool = True, **options) -> list[str]:
         """Tokenizes, generates and decodes; returns only the new text of each row.
 
         Args:
           prompts: a string or a list of strings.
+          trim_stop_strings: with ``stop_strings``, a row that ended on a stop
+            string is cut just before it (the usual "stop sequence" contract
+            of text APIs: the stop marks where the answer ends and is not part
+            of it). False returns the text as generated, like transformers:
+            the stop string stays, and so does the rest of the token that
+            completed it. The rule is ``stop_strings.trim_stop_string``'s: the
+            row ended where a stop string first *ends* (the prompt counts, so
+            a stop string may begin in it); rows that ended on EOS or the
+            length limit are never cut.
           jit_compile, **options: as for :meth:`generate`.
 
         Returns:
@@ -243,11 +253,19 @@ class LanguageModel:
             raise ValueError("generate_text needs a tokenizer: the checkpoint folder has no "
                              "tokenizer.json (or vocab.json + merges.txt)")
         prompts = validation.prompt_texts("prompts", prompts)
+        trim = validation.boolean("trim_stop_strings", trim_stop_strings)
         checked = self.prepare([[0]], None, **options).checked  # validates options, resolves eos/pad
         ids, mask = self.tokenizer.encode_batch(prompts, pad_token_id=checked.pad_token_id)
         out = self.generate(ids, mask, jit_compile=jit_compile, **options)
         new = out.sequences[:, ids.shape[1]:]
-        return self.tokenizer.decode_batch(new, skip_ids=set(checked.eos_token_id) | {checked.pad_token_id})
+        texts = self.tokenizer.decode_batch(new, skip_ids=set(checked.eos_token_id) | {checked.pad_token_id})
+        if checked.stop_strings is None or not trim:
+            return texts
+        from .stop_strings import trim_stop_string
+
+        per_prompt = len(texts) // len(prompts)
+        return [trim_stop_string(text, checked.stop_strings, prefix=prompts[i // per_prompt])
+                for i, text in enumerate(texts)]
 
 
 def default_model_path() -> Path:

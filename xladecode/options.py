@@ -73,10 +73,12 @@ class Spec:
 
     Attributes:
       kind: "int", "real", "bool", "ids" (one id or a list), "id" (one id),
-        "words" (a list of token-id lists), "early_stopping", "seed".
+        "words" (a list of token-id lists), "bias" (token-id sequences ->
+        a bias), "strings" (one string or a list), "early_stopping", "seed".
       low / high: inclusive bounds ("int", "real"); ``high`` may name a model
         limit: "vocab" or "positions".
-      low_open: the lower bound is exclusive ("real").
+      low_open / high_open: the lower / upper bound is exclusive ("real").
+      optional: None is a legal value, meaning off ("real"; transformers' ``min_p``).
       role: "input" (an export signature input), "compile" (picks the
         compiled program) or "fixed" (fixed at export).
       help: one line for ``--help``.
@@ -88,6 +90,8 @@ class Spec:
     high: float | str | None = None
     low_open: bool = False
     role: str = "fixed"
+    high_open: bool = False
+    optional: bool = False
 
 
 def _option(default, spec: Spec):
@@ -112,6 +116,17 @@ class GenerationOptions:
                                   role="input"))
     top_p: float = _option(1.0, Spec("real", "nucleus sampling mass in (0, 1]; 1 = off", 0, 1,
                                      low_open=True, role="input"))
+    # Truncation samplers (sampling only), applied after top-k / top-p in this order.
+    min_p: Any = _option(None, Spec("real", "keep tokens >= min_p * the top probability; 0 or unset = off",
+                                    0, 1, optional=True))
+    typical_p: float = _option(1.0, Spec("real", "locally typical sampling mass in (0, 1]; 1 = off", 0, 1,
+                                         low_open=True))
+    epsilon_cutoff: float = _option(0.0, Spec("real", "drop tokens of probability < this, in [0, 1); 0 = off",
+                                              0, 1, high_open=True))
+    eta_cutoff: float = _option(0.0, Spec("real", "entropy-scaled epsilon cutoff, in [0, 1); 0 = off", 0, 1,
+                                          high_open=True))
+    renormalize_logits: bool = _option(False, Spec("bool", "log-softmax the processed scores (matters for beams)"))
+    stop_strings: Any = _option(None, Spec("strings", "end a row once its text contains one of these strings"))
     # No fixed upper bound: a width above the vocabulary is legal (exhaustive
     # search of short continuations); request.py refuses what would not fit in memory.
     num_beams: int = _option(1, Spec("int", "beam search width (> 1 enables it)", 1, INT32_MAX,
@@ -120,6 +135,8 @@ class GenerationOptions:
     repetition_penalty: float = _option(1.0, Spec("real", "> 0; 1 = off", 0, 1e6, low_open=True))
     no_repeat_ngram_size: int = _option(0, Spec("int", "forbid repeating n-grams; 0 = off", 0, "positions"))
     bad_words_ids: Any = _option(None, Spec("words", "token sequences never to generate"))
+    sequence_bias: Any = _option(None, Spec(
+        "bias", "{(ids...): bias} or [[ids, bias], ...]: add bias to a sequence's last token"))
     suppress_tokens: Any = _option(None, Spec("ids", "token ids never to generate"))
     forced_eos_token_id: Any = _option(None, Spec("ids", "force this EOS at the last step"))
     length_penalty: float = _option(1.0, Spec("real", "beam score = logprob / len**lp", -1e6, 1e6))
@@ -200,7 +217,9 @@ def check(options: GenerationOptions, vocab_size: int, max_positions: int) -> Ge
     Returns normalised options: ids as lists of ints (``pad_token_id`` one
     int, defaulting to the first EOS id, else 0), ``early_stopping`` an
     :class:`EarlyStopping`, reals as floats, ``bad_words_ids`` a list of
-    lists. ``seed`` is left as given (its shape depends on the batch:
+    lists, ``sequence_bias`` a list of ``[ids, bias]`` pairs (the JSON form
+    of ``generation_config.json``), ``stop_strings`` a list of strings,
+    ``min_p`` None or a float. ``seed`` is left as given (its shape depends on the batch:
     :func:`seed_array`).
 
     Raises:
@@ -223,6 +242,9 @@ def check(options: GenerationOptions, vocab_size: int, max_positions: int) -> Ge
     if speculating and beams > 1:
         validation.fail("num_beams", beams, "must be 1 with prompt_lookup_num_tokens / assistant_model "
                                             "(speculative decoding is for greedy and sampling)")
+    if speculating and values["stop_strings"] is not None:
+        validation.fail("stop_strings", values["stop_strings"], "is not supported with prompt_lookup_num_tokens / "
+                                                                "assistant_model (speculative decoding)")
     if values["prompt_lookup_num_tokens"] and values["assistant_model"] is not None:
         validation.fail("assistant_model", type(values["assistant_model"]).__name__,
                         "give either prompt_lookup_num_tokens or assistant_model, not both")
@@ -234,7 +256,10 @@ def _check_one(name: str, value, spec: Spec, limits: dict, vocab_size: int):
     if spec.kind == "int":
         return validation.integer(name, value, int(spec.low), int(high))
     if spec.kind == "real":
-        return validation.real(name, value, low=spec.low, high=high, low_open=spec.low_open)
+        if value is None and spec.optional:
+            return None
+        return validation.real(name, value, low=spec.low, high=high, low_open=spec.low_open,
+                               high_open=spec.high_open)
     if spec.kind == "bool":
         return validation.boolean(name, value)
     if spec.kind == "ids":
@@ -243,6 +268,15 @@ def _check_one(name: str, value, spec: Spec, limits: dict, vocab_size: int):
         return None if value is None else validation.token_id(name, value, vocab_size)
     if spec.kind == "words":
         return None if value is None else validation.token_sequences(name, value, vocab_size)
+    if spec.kind == "bias":
+        from . import processors  # imported late: --help needs options, not TensorFlow
+
+        return None if value is None else [[list(ids), bias] for ids, bias in
+                                           processors.sequence_bias_pairs(value, vocab_size)]
+    if spec.kind == "strings":
+        from . import stop_strings
+
+        return None if value is None else [s.decode("utf-8") for s in stop_strings.encode_stop_strings(value)]
     if spec.kind == "early_stopping":
         return EarlyStopping.parse(value)
     if spec.kind == "model":
@@ -271,7 +305,8 @@ def seed_array(seed, batch: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- the tensors
 def decode_options(checked: GenerationOptions, vocab_size: int, seeds: np.ndarray, rows_per_prompt: int,
-                   bad_words: tuple[np.ndarray, np.ndarray]):
+                   bad_words: tuple[np.ndarray, np.ndarray], sequence_bias: tuple | None = None,
+                   stop_tables=None):
     """The ``decoding.DecodeOptions`` tensors of checked options.
 
     Args:
@@ -282,6 +317,9 @@ def decode_options(checked: GenerationOptions, vocab_size: int, seeds: np.ndarra
         ``seeds[p]`` and ``sample_index = r``.
       bad_words: ``(ids int32 [n_words, max_len], lengths int32 [n_words])``
         from ``processors.pack_bad_words``.
+      sequence_bias: ``(ids, lengths, biases)`` from
+        ``processors.pack_sequence_bias``; None = off (zero rows).
+      stop_tables: ``stop_strings.StopStringTables``; None = off (zero strings).
 
     Returns:
       ``decoding.DecodeOptions``.
@@ -289,7 +327,7 @@ def decode_options(checked: GenerationOptions, vocab_size: int, seeds: np.ndarra
     import tensorflow as tf
 
     from . import processors
-    from .decoding import DecodeOptions
+    from .decoding import DecodeOptions, sequence_bias_fields, stop_string_fields
 
     def mask(ids):
         return tf.constant(processors.vocab_mask_from_ids(ids, vocab_size))
@@ -314,4 +352,11 @@ def decode_options(checked: GenerationOptions, vocab_size: int, seeds: np.ndarra
         sample_index=tf.constant(np.tile(np.arange(rows_per_prompt, dtype=np.int32), prompts)),
         length_penalty=tf.constant(c.length_penalty, tf.float32),
         early_stopping=tf.constant(int(c.early_stopping), tf.int32),
+        min_p=tf.constant(c.min_p or 0.0, tf.float32),
+        typical_p=tf.constant(c.typical_p, tf.float32),
+        epsilon_cutoff=tf.constant(c.epsilon_cutoff, tf.float32),
+        eta_cutoff=tf.constant(c.eta_cutoff, tf.float32),
+        renormalize_logits=tf.constant(c.renormalize_logits),
+        **sequence_bias_fields(sequence_bias),
+        **stop_string_fields(stop_tables),
     )

@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from . import processors, speculative, validation
+from . import processors, speculative, stop_strings, validation
 from .compiled import Strategy
 from .options import GenerationOptions, check, decode_options, seed_array
 from .plan import ShapePlan, bucket, fit_rows, left_pad, plan_shapes
@@ -53,13 +53,19 @@ class Request:
 
     @property
     def compile_key(self) -> tuple:
-        """Everything that changes a shape or the graph: one compiled program per value."""
+        """Everything that changes a shape or the graph: one compiled program per value.
+
+        Besides the plan and strategy, the shape of every option tensor: the
+        bucketed sizes of ``bad_words_ids``, ``sequence_bias`` and the
+        stop-string tables (zero rows = off, which traces nothing).
+        """
         p = self.plan
-        return (p.compiled_batch, p.width, p.buffer, self.strategy, tuple(self.options.bad_words_ids.shape))
+        shapes = tuple(tuple(t.shape) for t in self.options)
+        return (p.compiled_batch, p.width, p.buffer, self.strategy, shapes)
 
 
 def prepare(model, defaults: GenerationOptions, input_ids, attention_mask=None, *, bucketed: bool = True,
-            row_multiple: int = 1, **keywords) -> Request:
+            row_multiple: int = 1, tokenizer=None, **keywords) -> Request:
     """Validates a ``generate`` call and fits it to its compiled shapes.
 
     Args:
@@ -70,6 +76,7 @@ def prepare(model, defaults: GenerationOptions, input_ids, attention_mask=None, 
       attention_mask: int ``[batch, P]`` or None.
       bucketed: round shapes up to shared buckets (``plan.plan_shapes``).
       row_multiple: the compiled batch is a multiple of this (replicas).
+      tokenizer: the model's ``Tokenizer``; needed only for ``stop_strings``.
       **keywords: decoding options (``GenerationOptions`` fields).
 
     Returns:
@@ -89,6 +96,8 @@ def prepare(model, defaults: GenerationOptions, input_ids, attention_mask=None, 
     _check_size(batch, prompt_len, checked, strategy, model)
     seeds = seed_array(checked.seed, batch)
     bad_words = _pack_bad_words(checked, model.vocab_size, bucketed)
+    sequence_bias = _pack_sequence_bias(checked, model.vocab_size, bucketed)
+    stop_tables = _stop_tables(checked, tokenizer, model.vocab_size, bucketed)
     plan = plan_shapes(batch, prompt_len, checked.max_new_tokens, model.max_positions, bucketed, row_multiple)
 
     ids, mask = left_pad(ids, mask, plan.width, checked.pad_token_id)
@@ -96,7 +105,8 @@ def prepare(model, defaults: GenerationOptions, input_ids, attention_mask=None, 
     per_prompt = strategy.rows_per_prompt
     if per_prompt > 1:  # several samples of a prompt are separate rows
         ids, mask = tf.repeat(ids, per_prompt, axis=0), tf.repeat(mask, per_prompt, axis=0)
-    tensors = decode_options(checked, model.vocab_size, seeds.numpy(), per_prompt, bad_words)
+    tensors = decode_options(checked, model.vocab_size, seeds.numpy(), per_prompt, bad_words, sequence_bias,
+                             stop_tables)
     return Request(ids, mask, tensors, checked, strategy, plan)
 
 
@@ -125,3 +135,27 @@ def _pack_bad_words(checked: GenerationOptions, vocab_size: int, bucketed: bool)
         words, vocab_size, eos_token_id=checked.eos_token_id,
         num_words=bucket(len(words), 4) if bucketed else None,
         max_word_len=bucket(longest, 2) if bucketed else None)
+
+
+def _pack_sequence_bias(checked: GenerationOptions, vocab_size: int, bucketed: bool):
+    """``sequence_bias`` as fixed arrays (None when off), bucketed like bad words."""
+    pairs = checked.sequence_bias
+    if pairs is None:
+        return None
+    longest = max(len(ids) for ids, _ in pairs)
+    return processors.pack_sequence_bias(pairs, vocab_size, num_sequences=bucket(len(pairs), 4) if bucketed else None,
+                                         max_sequence_len=bucket(longest, 2) if bucketed else None)
+
+
+def _stop_tables(checked: GenerationOptions, tokenizer, vocab_size: int, bucketed: bool):
+    """The stop-string tables (None when off): bucketed string count and byte width, built once and cached."""
+    strings = checked.stop_strings
+    if strings is None:
+        return None
+    if tokenizer is None or not hasattr(tokenizer, "token_bytes"):
+        validation.fail("stop_strings", strings, "needs the model's tokenizer (none was loaded: the checkpoint "
+                                                 "folder has no tokenizer.json or vocab.json + merges.txt)")
+    longest = max(2, max(len(s) for s in stop_strings.encode_stop_strings(strings)))
+    count = bucket(len(strings), 4) if bucketed else len(strings)
+    width = bucket(longest, 4) if bucketed else longest
+    return stop_strings.cached_tables(tokenizer, tuple(strings), vocab_size, count, width)

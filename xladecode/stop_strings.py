@@ -36,6 +36,7 @@ strings reuse one compiled graph.  The vocabulary size is fixed per model.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -43,8 +44,8 @@ import tensorflow as tf
 
 from . import validation
 
-__all__ = ["MAX_STOP_STRING_BYTES", "StopStringTables", "build_tables", "stop_string_hit",
-           "tables_from_vocab", "trim_stop_string"]
+__all__ = ["MAX_STOP_STRING_BYTES", "StopStringTables", "build_tables", "cached_tables", "encode_stop_strings",
+           "stop_string_hit", "tables_from_vocab", "trim_stop_string"]
 
 #: Longest stop string accepted, in UTF-8 bytes.  The tables hold ``2 * (M - 1)``
 #: bytes per vocabulary entry (12.8 MB for GPT-2 at the limit), and each step
@@ -101,6 +102,20 @@ def build_tables(tokenizer, stop_strings, *, vocab_size: int | None = None,
                              num_strings=num_strings, max_bytes=max_bytes)
 
 
+@functools.lru_cache(maxsize=16)
+def cached_tables(tokenizer, stop_strings: tuple[str, ...], vocab_size: int, num_strings: int,
+                  max_bytes: int) -> StopStringTables:
+    """:func:`build_tables`, computed once per (tokenizer, strings, sizes) and kept.
+
+    Building costs a pass over the vocabulary; a server asking for the same
+    stop strings on every call pays it once.  The 16 most recent entries are
+    kept (the largest, 128-byte strings over GPT-2, hold ~13 MB).  Treat the
+    arrays as read-only: they are shared between calls.
+    """
+    return build_tables(tokenizer, list(stop_strings), vocab_size=vocab_size, num_strings=num_strings,
+                        max_bytes=max_bytes)
+
+
 def tables_from_vocab(vocab: Sequence[bytes], stop_strings, *, vocab_size: int | None = None,
                       num_strings: int | None = None, max_bytes: int | None = None) -> StopStringTables:
     """:func:`build_tables` from the list of each id's bytes (``vocab[id]``).
@@ -110,7 +125,7 @@ def tables_from_vocab(vocab: Sequence[bytes], stop_strings, *, vocab_size: int |
       >>> t.heads.tolist(), t.tails.tolist(), t.token_lengths.tolist()
       ([[115, 116, 0], [111, 112, 0], [111, 112, 101], [120, 0, 0]], [[0, 115, 116], [0, 111, 112], [101, 114, 97], [0, 0, 120]], [2, 2, 5, 1])
     """
-    encoded = _checked_stop_strings(stop_strings)
+    encoded = encode_stop_strings(stop_strings)
     longest = max(len(s) for s in encoded)
     slots = len(encoded) if num_strings is None else num_strings
     width = max(longest, 2) if max_bytes is None else max_bytes
@@ -131,7 +146,17 @@ def tables_from_vocab(vocab: Sequence[bytes], stop_strings, *, vocab_size: int |
     return StopStringTables(stop_bytes, stop_lengths, lengths, heads, tails, contains)
 
 
-def _checked_stop_strings(stop_strings) -> list[bytes]:
+def encode_stop_strings(stop_strings) -> list[bytes]:
+    """Validate ``stop_strings`` (a string or a non-empty list of them) and encode each to UTF-8.
+
+    Use it to size the buckets before :func:`build_tables`
+    (``max(len(b) for b in encode_stop_strings(...))`` bytes).
+
+    Raises:
+      ValueError: naming ``stop_strings`` (or ``stop_strings[i]``) for an
+        empty list, an empty or non-string entry, or one over
+        ``MAX_STOP_STRING_BYTES`` bytes.
+    """
     if isinstance(stop_strings, str):
         stop_strings = [stop_strings]
     if not isinstance(stop_strings, (list, tuple)) or not stop_strings:
