@@ -13,8 +13,10 @@ rounds (generate, stream, generate, stream, ...) so a busy machine slows both
 alike; the medians are compared. The stream is timed until its last chunk is
 in host memory as numpy arrays, which is what a consumer gets.
 
-Reports tokens/s of each path, the overhead ``1 - stream / generate`` in
-percent, and the median time to the first chunk. Writes JSON to
+Reports tokens/s of each path, the overhead (the stream's extra time over
+generate's, in %: from the medians and as the median of per-round ratios, by
+wall clock and by this process's CPU time, which other jobs on a shared
+machine disturb far less), and the median time to the first chunk. Writes JSON to
 ``tools/results/bench_streaming.json`` (or ``--json``).
 """
 
@@ -41,43 +43,64 @@ SIZES = {"tiny": (2, 2, 64), "distilgpt2": (6, 12, 768), "gpt2": (12, 12, 768)}
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_streaming.json"
 
 
-def time_generate(lm, ids, options) -> float:
-    start = time.perf_counter()
+def _clock() -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds, all threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start) -> tuple[float, float]:
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
+def time_generate(lm, ids, options) -> tuple[float, float]:
+    """(wall s, CPU s) of one ``generate`` call."""
+    start = _clock()
     lm.generate(ids, **options)
-    return time.perf_counter() - start
+    return _since(start)
 
 
-def time_stream(lm, ids, options, chunk_size) -> tuple[float, float]:
-    """(seconds to the last chunk, seconds to the first chunk)."""
-    start = time.perf_counter()
+def time_stream(lm, ids, options, chunk_size) -> tuple[float, float, float]:
+    """(wall s, CPU s) to the last chunk, and wall seconds to the first chunk."""
+    start = _clock()
     first = None
     for _ in lm.stream(ids, chunk_size=chunk_size, **options):
-        first = first if first is not None else time.perf_counter() - start
-    return time.perf_counter() - start, first
+        first = first if first is not None else _since(start)[0]
+    return (*_since(start), first)
+
+
+def _overhead(generate, stream) -> dict:
+    """Overhead in % of the stream against generate: from medians, and the median of per-round ratios."""
+    g, s = statistics.median(generate), statistics.median(stream)
+    paired = statistics.median(t / u for t, u in zip(stream, generate))
+    return dict(median_pct=round(100 * (s / g - 1), 2), paired_pct=round(100 * (paired - 1), 2))
 
 
 def measure(lm, batch, chunk_size, prompt_len, new_tokens, rounds) -> dict:
+    """Interleaved rounds (generate, stream, generate, stream, ...) after compiling both paths.
+
+    Overheads are extra time of the stream over generate, in %: wall clock,
+    and CPU time of this process, which a busy machine disturbs much less
+    (what the host loop adds is CPU work: round trips, copies).
+    """
     ids = np.random.default_rng(batch).integers(0, lm.model.vocab_size, (batch, prompt_len)).astype(np.int32)
     options = dict(max_new_tokens=new_tokens, eos_token_id=[], pad_token_id=0)
     time_generate(lm, ids, options)  # compile both paths before timing
     time_stream(lm, ids, options, chunk_size)
-    generate_s, stream_s, first_s = [], [], []
+    gen, st = [], []
     for _ in range(rounds):
-        generate_s.append(time_generate(lm, ids, options))
-        total, first = time_stream(lm, ids, options, chunk_size)
-        stream_s.append(total)
-        first_s.append(first)
-    g, s = statistics.median(generate_s), statistics.median(stream_s)
+        gen.append(time_generate(lm, ids, options))
+        st.append(time_stream(lm, ids, options, chunk_size))
+    g_wall, g_cpu = [t[0] for t in gen], [t[1] for t in gen]
+    s_wall, s_cpu, first = [t[0] for t in st], [t[1] for t in st], [t[2] for t in st]
+    tokens = batch * new_tokens
     return dict(batch=batch, chunk_size=chunk_size, prompt_len=prompt_len, new_tokens=new_tokens, rounds=rounds,
-                generate_median_s=round(g, 4), stream_median_s=round(s, 4),
-                generate_tokens_per_s=round(batch * new_tokens / g, 1),
-                stream_tokens_per_s=round(batch * new_tokens / s, 1),
-                overhead_pct=round(100 * (1 - g / s), 2),
-                # per-round stream/generate time ratios: neighbours in time share the machine's load
-                paired_overhead_pct=round(100 * (1 - 1 / statistics.median(
-                    t / u for t, u in zip(stream_s, generate_s))), 2),
-                first_chunk_median_s=round(statistics.median(first_s), 4),
-                generate_s=[round(t, 4) for t in generate_s], stream_s=[round(t, 4) for t in stream_s])
+                generate_tokens_per_s=round(tokens / statistics.median(g_wall), 1),
+                stream_tokens_per_s=round(tokens / statistics.median(s_wall), 1),
+                wall_overhead=_overhead(g_wall, s_wall), cpu_overhead=_overhead(g_cpu, s_cpu),
+                first_chunk_median_s=round(statistics.median(first), 4),
+                generate_wall_s=[round(t, 4) for t in g_wall], stream_wall_s=[round(t, 4) for t in s_wall],
+                generate_cpu_s=[round(t, 4) for t in g_cpu], stream_cpu_s=[round(t, 4) for t in s_cpu])
 
 
 def main():
@@ -107,8 +130,9 @@ def main():
             r = measure(lm, batch, chunk_size, args.prompt_len, args.new_tokens, args.rounds)
             results.append(r)
             print(f"{name} batch={batch:<3} chunk={chunk_size:<3} generate {r['generate_tokens_per_s']:8.1f} "
-                  f"tok/s  stream {r['stream_tokens_per_s']:8.1f} tok/s  overhead {r['overhead_pct']:6.2f}% "
-                  f"(paired {r['paired_overhead_pct']:6.2f}%)  "
+                  f"tok/s  stream {r['stream_tokens_per_s']:8.1f} tok/s  overhead wall "
+                  f"{r['wall_overhead']['median_pct']:6.2f}% (paired {r['wall_overhead']['paired_pct']:6.2f}%)  "
+                  f"CPU {r['cpu_overhead']['median_pct']:6.2f}% (paired {r['cpu_overhead']['paired_pct']:6.2f}%)  "
                   f"first chunk {r['first_chunk_median_s']:.3f}s", flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     loads = os.getloadavg()
