@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the first prompt's text as it is generated; stdout gets the same text "
                         "either way (default: stream when stdout is a terminal, except for beam search "
                         "and speculative decoding)")
-    g.add_argument("--stream-chunk-size", type=int, default=8, metavar="N",
-                   help="decoding steps between two stream updates (default 8)")
+    g.add_argument("--stream-chunk-size", type=int, default=16, metavar="N",
+                   help="decoding steps between two stream updates (default 16; smaller chunks cost "
+                        "one host round trip each)")
     _add_batch_arguments(g)
     _add_export_parser(sub, common)
     _add_bench_parser(sub, common)
