@@ -277,7 +277,8 @@ import contextlib, io, json, sys
 from xladecode import cli
 runs = {}
 for name, argv in {"help": ["--help"], "generate help": ["generate", "--help"],
-                   "export help": ["export", "--help"], "no prompt": ["generate"],
+                   "export help": ["export", "--help"], "bench help": ["bench", "--help"],
+                   "bad batch sizes": ["bench", "--batch-sizes", "1,0"], "no prompt": ["generate"],
                    "bad int": ["generate", "hi", "--max-new-tokens", "many"],
                    "empty prompt": ["generate", ""], "surrogate": ["generate", "a\\ud800"],
                    "both": ["generate", "hi", "--input", "x.jsonl"], "nothing": []}.items():
@@ -300,11 +301,13 @@ def test_help_and_argument_errors_do_not_import_tensorflow():
     assert got["tensorflow"] is False
     runs = got["runs"]
     assert runs["help"]["code"] == 0 and runs["help"]["out"].startswith("usage: xladecode")
-    assert "{generate,export}" in runs["help"]["out"]
+    assert "{generate,export,bench}" in runs["help"]["out"]
     assert runs["generate help"]["code"] == 0 and "--verbose" in runs["generate help"]["out"]
     assert "--max-new-tokens" in runs["generate help"]["out"] and "--input" in runs["generate help"]["out"]
     assert runs["export help"]["code"] == 0 and "--strategy" in runs["export help"]["out"]
-    for name in ("no prompt", "bad int", "empty prompt", "surrogate", "both", "nothing"):
+    assert runs["bench help"]["code"] == 0 and "--batch-sizes" in runs["bench help"]["out"]
+    assert "--stream" in runs["generate help"]["out"]
+    for name in ("bad batch sizes", "no prompt", "bad int", "empty prompt", "surrogate", "both", "nothing"):
         assert runs[name]["code"] == 2, (name, runs[name])
         assert runs[name]["out"] == "" and "error: " in runs[name]["err"], (name, runs[name])
     assert "xladecode: error: PROMPT 1 is empty" in runs["empty prompt"]["err"]

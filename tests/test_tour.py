@@ -22,7 +22,10 @@ def test_tour_runs_and_its_claims_hold():
                  "scores are sorted best first: True",
                  "each row's sample unchanged: True",
                  "cache rows [[7.0, 7.0, 0.0, 0.0], [0.0, 0.0, 7.0, 7.0]]",
-                 "same tokens as plain greedy: True"):
+                 "same tokens as plain greedy: True",
+                 "chunk_size=5, 16 new tokens -> chunks of [5, 5, 5, 1] tokens",
+                 "streamed tokens == generate's tokens: True",
+                 "another chunk size -> new compiles: 0"):
         assert fact in out, f"tour no longer shows: {fact}\n{out}"
     row0 = out.split("row 0 after its EOS: ")[1].split(" (")[0]
     assert set(eval(row0)) == {0}

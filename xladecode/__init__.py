@@ -22,9 +22,10 @@ Where things live:
 * ``compiled.py``    ``build_generate``, ``Strategy``, the compiled-function cache
 * ``placement.py``   where decoding runs (one device, a tf.distribute strategy)
 * ``lm.py``          ``load`` / ``LanguageModel`` / ``GenerateOutput``: a thin facade
+* ``streaming.py``   ``lm.stream`` / ``lm.stream_text``: the compiled loop paused every chunk
 * ``checkpoint.py``  checkpoint folders; ``safetensors_file.py`` the validated reader;
   ``files.py`` regular files, bounded sizes, strict JSON
-* ``batch.py``, ``jsonl.py``, ``export.py``, ``distribute.py``, ``cli.py``  entry points
+* ``batch.py``, ``jsonl.py``, ``export.py``, ``distribute.py``, ``bench.py``, ``cli.py``  entry points
 
 The public names are imported on first use (PEP 562 module ``__getattr__``):
 ``import xladecode`` alone does not import TensorFlow, so the ``xladecode``

@@ -1,4 +1,4 @@
-"""Command line: ``xladecode generate PROMPT [options]``, ``xladecode export PATH``.
+"""Command line: ``xladecode generate PROMPT [options]``, ``xladecode export PATH``, ``xladecode bench``.
 
 Generated text goes to stdout and nothing else does: loading, compile and
 timing diagnostics go to stderr, so ``xladecode generate ... > out.txt``
@@ -10,7 +10,12 @@ probing and the like) are kept off the terminal unless ``--verbose``.
 
 ``xladecode generate --input prompts.jsonl --output results.jsonl`` runs a
 batch job over a file instead (``batch.py``); ``xladecode export PATH``
-writes a SavedModel (``export.py``).
+writes a SavedModel (``export.py``); ``xladecode bench`` times a checkpoint
+on this machine (``bench.py``).
+
+On a terminal, ``generate`` streams: the first prompt's text appears as it is
+decided (``streaming.py``); the other rows follow when decoding ends. The
+bytes on stdout are the same as with ``--no-stream``.
 """
 
 from __future__ import annotations
@@ -71,8 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype")
     g.add_argument("--no-jit", action="store_true", help="run the same graph without XLA")
     g.add_argument("--continuation-only", action="store_true", help="print only the new text")
+    g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="print the first prompt's text as it is generated; stdout gets the same text "
+                        "either way (default: stream when stdout is a terminal, except for beam search "
+                        "and speculative decoding)")
+    g.add_argument("--stream-chunk-size", type=int, default=16, metavar="N",
+                   help="decoding steps between two stream updates (default 16; smaller chunks cost "
+                        "one host round trip each)")
     _add_batch_arguments(g)
     _add_export_parser(sub, common)
+    _add_bench_parser(sub, common)
     return parser
 
 
@@ -155,6 +168,19 @@ def _add_export_parser(sub, common) -> None:
     e.add_argument("--no-jit", action="store_true", help="export the same graph without XLA")
 
 
+def _add_bench_parser(sub, common) -> None:
+    from . import bench  # no TensorFlow, no numpy: --help stays instant
+
+    b = sub.add_parser("bench", help="time a checkpoint on this machine (prefill, decode, compile)",
+                       parents=[common],
+                       description="Time prefill and decode tokens/s and compile time of a checkpoint at a "
+                                   "few batch sizes. Progress on stderr, a table (or --json) on stdout.")
+    b.add_argument("--model", default=None,
+                   help="checkpoint folder or a model name in the local Hugging Face cache "
+                        "(default: the shipped models/gpt2-shakespeare)")
+    bench.add_arguments(b)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -177,6 +203,8 @@ def main(argv=None) -> int:
     log(f"loaded {args.model or xladecode.default_model_path()} in {time.perf_counter() - start:.1f}s")
     if args.command == "export":
         return _export(args, lm, log)
+    if args.command == "bench":
+        return _bench(args, lm)
     options = option_values(args) | {"jit_compile": not args.no_jit}
     if "assistant_model" in options:  # a checkpoint folder or cached name, like --model
         try:
@@ -192,6 +220,8 @@ def main(argv=None) -> int:
     options = {k: v for k, v in options.items() if v is not None}
     if args.input is not None:
         return _generate_file(args, lm, options, log)
+    if args.stream if args.stream is not None else (sys.stdout.isatty() and _streamable(lm, options)):
+        return _stream_generate(args, lm, options, log)
     start = time.perf_counter()
     try:
         texts = lm.generate_text(args.prompt, trim_stop_strings=not args.keep_stop, **options)
@@ -199,19 +229,63 @@ def main(argv=None) -> int:
         print(f"xladecode: error: {error}", file=sys.stderr)
         return 2
     log(f"generated in {time.perf_counter() - start:.1f}s (compile included; {lm.compile_count} compile(s))")
+    _print_rows(args, texts)
+    return 0
+
+
+def _print_rows(args, texts: list[str], first: int = 0) -> None:
+    """Prints rows ``first..``: prompt + text (or the text alone), a blank line between rows."""
     per_prompt = len(texts) // len(args.prompt)
-    for i, text in enumerate(texts):
+    for i in range(first, len(texts)):
         prompt = args.prompt[i // per_prompt]
-        print(text if args.continuation_only else prompt + text)
+        print(texts[i] if args.continuation_only else prompt + texts[i])
         if len(texts) > 1:
             print()
+
+
+def _streamable(lm, options: dict) -> bool:
+    """Whether the auto mode streams these options: not beam search, not speculative decoding."""
+    try:
+        merged = lm.defaults.merged(**{k: v for k, v in options.items() if k != "jit_compile"})
+    except ValueError:  # generate_text reports it
+        return False
+    return merged.num_beams == 1 and not merged.prompt_lookup_num_tokens and merged.assistant_model is None
+
+
+def _stream_generate(args, lm, options: dict, log) -> int:
+    """``generate`` with row 0 printed as it is decoded; stdout ends up as ``_print_rows`` writes it."""
+    start = time.perf_counter()
+    jit_compile = options.pop("jit_compile")
+    try:  # everything is checked here, before anything is printed
+        pieces = lm.stream_text(args.prompt, chunk_size=args.stream_chunk_size, jit_compile=jit_compile,
+                                **options)
+    except ValueError as error:
+        print(f"xladecode: error: {error}", file=sys.stderr)
+        return 2
+    rows = len(args.prompt) * lm.defaults.merged(**options).num_return_sequences
+    texts = [""] * rows
+    if not args.continuation_only:
+        sys.stdout.write(args.prompt[0])
+        sys.stdout.flush()
+    for row_pieces in pieces:
+        texts = [text + piece for text, piece in zip(texts, row_pieces)]
+        if row_pieces[0]:
+            sys.stdout.write(row_pieces[0])
+            sys.stdout.flush()
+    print("\n" if rows > 1 else "", flush=True)
+    _print_rows(args, texts, first=1)
+    log(f"streamed in {time.perf_counter() - start:.1f}s (compile included; {lm.compile_count} compile(s))")
     return 0
 
 
 def _check_prompt_or_input(parser, args) -> None:
-    """Exactly one of PROMPT(s) or --input; the batch flags only with --input."""
+    """Exactly one of PROMPT(s) or --input; the batch flags only with --input; --stream only without."""
     if bool(args.prompt) == (args.input is not None):
         parser.error("give exactly one of PROMPT (one or more) or --input FILE")
+    if args.input is not None and args.stream:
+        parser.error("--stream is only valid with PROMPTs (a batch job writes --output)")
+    if args.stream_chunk_size < 1:
+        parser.error(f"--stream-chunk-size={args.stream_chunk_size}: expected an integer >= 1")
     if args.input is not None and args.output is None:
         parser.error("--input needs --output FILE")
     if args.input is None:
@@ -312,6 +386,18 @@ def _export(args, lm, log) -> int:
         return 2
     log(f"exported to {path} in {time.perf_counter() - start:.1f}s "
         f"(saved_model_cli show --all --dir {path})")
+    return 0
+
+
+def _bench(args, lm) -> int:
+    """``xladecode bench``: see xladecode/bench.py."""
+    from . import bench
+
+    try:
+        print(bench.report_for_args(args, lm))
+    except ValueError as error:
+        print(f"xladecode: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

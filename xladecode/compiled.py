@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import tensorflow as tf
 
@@ -120,6 +120,54 @@ def build_generate(model, buffer: int, strategy: Strategy, jit_compile: bool = T
     # tf.cond), so there is no Python `if`/`for` over tensors to convert, and
     # skipping the conversion makes tracing markedly faster.
     return tf.function(generate_graph, jit_compile=jit_compile, autograph=False)
+
+
+class StreamPrograms(NamedTuple):
+    """The two compiled halves of a paused loop (``streaming.py`` explains why two)."""
+
+    begin: Callable  # (input_ids, attention_mask, options) -> decoding.SamplingState   (prefill)
+    advance: Callable  # (state, attention_mask, options, stop_step int32 []) -> decoding.SamplingState
+
+
+def build_stream(model, buffer: int, strategy: Strategy, jit_compile: bool = True,
+                 on_trace: Callable[[], None] | None = None) -> StreamPrograms:
+    """The compiled ``begin`` and ``advance`` of a streamed loop, for one buffer width and strategy.
+
+    ``begin`` runs the prefill and returns the loop state; ``advance`` resumes
+    a state and runs ``decoding.decode_step`` until ``state.step ==
+    stop_step`` (or the loop would have ended). The stop step is a tensor, so
+    every chunk size shares the one ``advance`` program.
+
+    Args:
+      model: any ``protocol.DecoderModel``.
+      buffer: Python int, new-token buffer width N (>= ``options.max_new_tokens``).
+      strategy: a greedy or sampling :class:`Strategy` without a drafter.
+      jit_compile: XLA-compile (False runs the same graphs without XLA).
+      on_trace: called once per trace of either program.
+
+    Returns:
+      :class:`StreamPrograms`; the state is a ``decoding.SamplingState``
+      (``sequences`` int32 ``[B, P + N]``, ``finished`` bool ``[B]``, ...).
+    """
+    if strategy.kind == "beam" or strategy.drafter is not None:
+        raise ValueError(f"build_stream: a {strategy.kind} strategy with drafter {strategy.drafter_key} "
+                         "cannot be streamed (greedy or sampling only)")
+    do_sample = strategy.kind == "sample"
+
+    def begin(input_ids, attention_mask, options):
+        if on_trace is not None:
+            on_trace()  # Python code: runs at trace time only
+        state, _ = decoding.start(model, input_ids, attention_mask, options, buffer, do_sample)
+        return state
+
+    def advance(state, attention_mask, options, stop_step):
+        if on_trace is not None:
+            on_trace()
+        constants = decoding.loop_constants(model, attention_mask, options, buffer, do_sample)
+        return decoding.decode_until(state, constants, stop_step, buffer)
+
+    return StreamPrograms(tf.function(begin, jit_compile=jit_compile, autograph=False),
+                          tf.function(advance, jit_compile=jit_compile, autograph=False))
 
 
 class FunctionCache:

@@ -295,6 +295,12 @@ def write_column(buffer: tf.Tensor, column: tf.Tensor, index) -> tf.Tensor:
     return xla.dynamic_update_slice(buffer, column[:, tf.newaxis], start)
 
 
+def cache_key_mask(attention_mask, buffer_len: int):
+    """int32 ``[B, buffer_len]``: the prompt's mask, then 1 for every slot a new token will fill."""
+    batch, prompt_len = attention_mask.shape
+    return tf.concat([tf.cast(attention_mask, tf.int32), tf.ones([batch, buffer_len - prompt_len], tf.int32)], 1)
+
+
 def prefill(model: DecoderModel, input_ids, attention_mask, buffer_len: int):
     """Allocates the cache and runs the prompt through the model once.
 
@@ -302,9 +308,8 @@ def prefill(model: DecoderModel, input_ids, attention_mask, buffer_len: int):
       ``(logits [B, V], cache, key_mask [B, P + N])``: ``key_mask`` marks the
       prompt's real tokens and every slot a generated token will occupy.
     """
-    batch, prompt_len = input_ids.shape
-    new_slots = buffer_len - prompt_len
-    key_mask = tf.concat([tf.cast(attention_mask, tf.int32), tf.ones([batch, new_slots], tf.int32)], 1)
+    batch = input_ids.shape[0]
+    key_mask = cache_key_mask(attention_mask, buffer_len)
     cache = model.init_cache(batch, buffer_len)
     logits, cache = model.step(input_ids, pos.positions_from_mask(attention_mask), cache,
                                tf.constant(0, tf.int32), key_mask)
@@ -328,7 +333,7 @@ def start(model: DecoderModel, input_ids, attention_mask, options: DecodeOptions
     """Prefill and the initial loop state (see :func:`sample_loop` for shapes)."""
     batch, prompt_len = input_ids.shape
     n = max_new_tokens_buffer
-    logits, cache, key_mask = prefill(model, input_ids, attention_mask, prompt_len + n)
+    logits, cache, _ = prefill(model, input_ids, attention_mask, prompt_len + n)
     pad = tf.fill([batch, n], options.pad_token_id)
     state = SamplingState(
         step=tf.constant(0, tf.int32),
@@ -339,9 +344,21 @@ def start(model: DecoderModel, input_ids, attention_mask, options: DecodeOptions
         finished=tf.zeros([batch], tf.bool),
         scores=tf.zeros([batch, n], tf.float32),
     )
-    constants = LoopConstants(model, options, attention_mask, key_mask,
-                              sampling.row_keys(options.seeds, options.sample_index), prompt_len, do_sample)
-    return state, constants
+    return state, loop_constants(model, attention_mask, options, n, do_sample)
+
+
+def loop_constants(model: DecoderModel, attention_mask, options: DecodeOptions, max_new_tokens_buffer: int,
+                   do_sample: bool) -> LoopConstants:
+    """The :class:`LoopConstants` of a loop over ``attention_mask`` ``[B, P]``.
+
+    Everything in them is derived from the arguments, so a loop state made
+    by :func:`start` in one compiled call can be resumed in another
+    (``streaming.py``) by rebuilding its constants there.
+    """
+    prompt_len = attention_mask.shape[1]
+    key_mask = cache_key_mask(attention_mask, prompt_len + max_new_tokens_buffer)
+    keys = sampling.row_keys(options.seeds, options.sample_index)
+    return LoopConstants(model, options, attention_mask, key_mask, keys, prompt_len, do_sample)
 
 
 def not_done(s: SamplingState, c: LoopConstants) -> tf.Tensor:
@@ -409,3 +426,26 @@ def sample_loop(model: DecoderModel, input_ids, attention_mask, options: DecodeO
                              lambda s: (decode_step(s, constants)[0],),
                              (state,), maximum_iterations=max_new_tokens_buffer)
     return final.sequences, final.scores
+
+
+def decode_until(state: SamplingState, constants: LoopConstants, stop_step, max_new_tokens_buffer: int):
+    """Resumes the loop of :func:`sample_loop` from ``state`` and pauses it at ``stop_step``.
+
+    Args:
+      state: a :class:`SamplingState` from :func:`start` or an earlier call.
+      constants: :func:`loop_constants` of the same call.
+      stop_step: int32 scalar tensor: run until ``state.step == stop_step``
+        (or every row finished, or ``options.max_new_tokens``). A tensor, so
+        every pause point shares one compiled program.
+      max_new_tokens_buffer: Python int, the loop's static trip-count bound.
+
+    Returns:
+      The :class:`SamplingState` at the pause. Running ``decode_until`` to
+      ``k1``, then ``k2``, ... runs exactly :func:`sample_loop`'s steps.
+    """
+    def running(s):
+        return tf.logical_and(not_done(s, constants), s.step < stop_step)
+
+    (paused,) = tf.while_loop(running, lambda s: (decode_step(s, constants)[0],), (state,),
+                              maximum_iterations=max_new_tokens_buffer)
+    return paused

@@ -24,9 +24,9 @@ import tensorflow as tf
 
 from . import plan
 from . import request as request_layer
-from . import validation
+from . import streaming, validation
 from .checkpoint import read_generation_config, resolve_checkpoint
-from .compiled import MAX_COMPILED_FUNCTIONS, FunctionCache, build_generate
+from .compiled import MAX_COMPILED_FUNCTIONS, FunctionCache, build_generate, build_stream
 from .gpt2 import GPT2
 from .options import GenerationOptions
 from .placement import OneDevice
@@ -136,6 +136,16 @@ class LanguageModel:
         cache entry holds exactly one trace: one XLA program.
         """
         return self.functions.get(("generate",) + call.compile_key + (jit_compile,), lambda: build_generate(
+            self.model, call.plan.buffer, call.strategy, jit_compile, on_trace=self.functions.count_trace))
+
+    def compiled_stream(self, call: request_layer.Request, jit_compile: bool = True):
+        """The cached ``compiled.StreamPrograms`` (prefill, resume) of a prepared call.
+
+        Same cache and key as :meth:`compiled_generate`, under "stream": one
+        compile of each program per shape bucket and strategy, whatever the
+        chunk size.
+        """
+        return self.functions.get(("stream",) + call.compile_key + (jit_compile,), lambda: build_stream(
             self.model, call.plan.buffer, call.strategy, jit_compile, on_trace=self.functions.count_trace))
 
     def generate(self, input_ids, attention_mask=None, *, jit_compile: bool = True,
@@ -249,23 +259,71 @@ class LanguageModel:
         Returns:
           ``batch * num_return_sequences`` strings, grouped by prompt.
         """
-        if self.tokenizer is None:
-            raise ValueError("generate_text needs a tokenizer: the checkpoint folder has no "
-                             "tokenizer.json (or vocab.json + merges.txt)")
-        prompts = validation.prompt_texts("prompts", prompts)
         trim = validation.boolean("trim_stop_strings", trim_stop_strings)
-        checked = self.prepare([[0]], None, **options).checked  # validates options, resolves eos/pad
-        ids, mask = self.tokenizer.encode_batch(prompts, pad_token_id=checked.pad_token_id)
+        prompts = validation.prompt_texts("prompts", prompts)
+        ids, mask, skip_ids = self.encode_prompts(prompts, **options)
         out = self.generate(ids, mask, jit_compile=jit_compile, **options)
-        new = out.sequences[:, ids.shape[1]:]
-        texts = self.tokenizer.decode_batch(new, skip_ids=set(checked.eos_token_id) | {checked.pad_token_id})
-        if checked.stop_strings is None or not trim:
+        texts = self.tokenizer.decode_batch(out.sequences[:, ids.shape[1]:], skip_ids=skip_ids)
+        stop = options.get("stop_strings")
+        if not stop or not trim:
             return texts
         from .stop_strings import trim_stop_string
 
+        stop = [stop] if isinstance(stop, str) else list(stop)
         per_prompt = len(texts) // len(prompts)
-        return [trim_stop_string(text, checked.stop_strings, prefix=prompts[i // per_prompt])
-                for i, text in enumerate(texts)]
+        return [trim_stop_string(text, stop, prefix=prompts[i // per_prompt]) for i, text in enumerate(texts)]
+
+    def encode_prompts(self, prompts: str | Sequence[str], **options):
+        """The token side of a text call (``generate_text``, ``stream_text``).
+
+        Args:
+          prompts: a string or a list of strings.
+          **options: decoding options (checked here; they fix the pad id).
+
+        Returns:
+          ``(input_ids int32 [batch, P], attention_mask int32 [batch, P],
+          skip_ids)``: left-padded prompts, and the set of ids left out of
+          the decoded text (the EOS ids and the pad id).
+        """
+        if self.tokenizer is None:
+            raise ValueError("generate_text and stream_text need a tokenizer: the checkpoint folder has no "
+                             "tokenizer.json (or vocab.json + merges.txt)")
+        prompts = validation.prompt_texts("prompts", prompts)
+        checked = self.prepare([[0]], None, **options).checked  # validates options, resolves eos/pad
+        ids, mask = self.tokenizer.encode_batch(prompts, pad_token_id=checked.pad_token_id)
+        return ids, mask, set(checked.eos_token_id) | {checked.pad_token_id}
+
+    # --------------------------------------------------------------- streaming
+    def stream(self, input_ids, attention_mask=None, *, chunk_size: int = streaming.DEFAULT_CHUNK_SIZE,
+               jit_compile: bool = True, **options):
+        """Yields new tokens a chunk of steps at a time, the loop still compiled.
+
+        See :func:`xladecode.streaming.stream`. Example::
+
+            for chunk in lm.stream(ids, mask, max_new_tokens=64, chunk_size=8):
+                chunk.tokens      # int32 [rows, <= 8]: the tokens of these steps
+                chunk.finished    # bool [rows]
+
+        Returns:
+          An iterator of :class:`~xladecode.streaming.StreamChunk`.
+        """
+        return streaming.stream(self, input_ids, attention_mask, chunk_size=chunk_size,
+                                jit_compile=jit_compile, **options)
+
+    def stream_text(self, prompts: str | Sequence[str], *, chunk_size: int = streaming.DEFAULT_CHUNK_SIZE,
+                    jit_compile: bool = True, **options):
+        """Yields each row's new text as it is decided; see :func:`xladecode.streaming.stream_text`.
+
+        Example::
+
+            for pieces in lm.stream_text("ROMEO:", max_new_tokens=64):
+                print(pieces[0], end="", flush=True)
+
+        Returns:
+          An iterator of lists of strings, one piece per row.
+        """
+        return streaming.stream_text(self, prompts, chunk_size=chunk_size, jit_compile=jit_compile,
+                                     **options)
 
 
 def default_model_path() -> Path:
