@@ -43,6 +43,7 @@ def test_full_sequence_inputs():
     np.testing.assert_array_equal(ids, [[0, 4, 5]])
     np.testing.assert_array_equal(positions, [[0, 0, 1]])
     np.testing.assert_array_equal(mask.numpy()[0, 0].astype(int), [[0, 0, 0], [0, 1, 0], [0, 1, 1]])
+    assert pos.full_sequence(np.array([[4, 5]], np.int64))[0].dtype == tf.int32  # ids always int32
     _, positions, mask = pos.full_sequence([[4, 5]])  # no mask: nothing is padding
     np.testing.assert_array_equal(positions, [[0, 1]])
     np.testing.assert_array_equal(mask.numpy()[0, 0].astype(int), [[1, 0], [1, 1]])
@@ -66,6 +67,7 @@ def test_allocate_zero_cache_of_fixed_shape():
     assert len(cache.keys) == len(cache.values) == 3
     for t in cache.keys + cache.values:
         assert t.shape == (2, 4, 7, 5) and t.dtype == tf.float16 and not t.numpy().any()
+    assert kv_cache.allocate(1, 1, 1, 2, 1).keys[0].dtype == tf.float32  # the default
 
 
 def test_write_puts_new_slots_at_the_cache_index_for_every_row():
@@ -73,6 +75,8 @@ def test_write_puts_new_slots_at_the_cache_index_for_every_row():
     new = tf.reshape(tf.range(1, 9, dtype=tf.float32), [2, 2, 2, 1])  # rows 1..4 and 5..8, 2 heads x 2 slots
     out = kv_cache.write(cache, new, tf.constant(2)).numpy()[..., 0]
     np.testing.assert_array_equal(out, [[[0, 0, 1, 2, 0], [0, 0, 3, 4, 0]], [[0, 0, 5, 6, 0], [0, 0, 7, 8, 0]]])
+    same = kv_cache.write(cache, new, np.int64(2)).numpy()[..., 0]  # any integer index is taken as int32
+    np.testing.assert_array_equal(same, out)
     out = kv_cache.write(tf.ones([1, 1, 3, 2], tf.bfloat16), tf.constant([[[[7.0, 9.0]]]]), 0)
     assert out.dtype == tf.bfloat16  # new is cast to the cache's dtype
     np.testing.assert_array_equal(out.numpy().astype(np.float32), [[[[7, 9], [1, 1], [1, 1]]]])
@@ -84,6 +88,10 @@ def test_write_rows_gives_each_row_its_own_slots():
     for out in (kv_cache.write_rows(cache, new, tf.constant([0, 2])), kv_cache.write(cache, new, tf.constant([0, 2]))):
         np.testing.assert_array_equal(out.numpy()[..., 0], [[[1, 2, -1, -1], [3, 4, -1, -1]],
                                                             [[-1, -1, 5, 6], [-1, -1, 7, 8]]])
+    # batch 3, heads 2, one slot each: three different sizes, so no axis can stand in for another.
+    new = tf.reshape(tf.range(1, 7, dtype=tf.float32), [3, 2, 1, 1])
+    out = kv_cache.write_rows(tf.zeros([3, 2, 3, 1]), new, tf.constant([2, 0, 1])).numpy()[..., 0]
+    np.testing.assert_array_equal(out, [[[0, 0, 1], [0, 0, 2]], [[3, 0, 0], [4, 0, 0]], [[0, 5, 0], [0, 6, 0]]])
 
 
 # ------------------------------------------------------------------- sampling

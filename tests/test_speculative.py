@@ -342,14 +342,8 @@ def test_scripted_iterations_match_the_worked_example():
 
 
 # ----------------------------------------------------------- building blocks
-def test_per_row_cache_write_and_masks():
-    cache = tf.zeros([2, 1, 4, 1])
-    new = tf.constant([[[[7.0], [8.0]]], [[[5.0], [6.0]]]])
-    out = kv_cache.write(cache, new, tf.constant([0, 2]))
-    np.testing.assert_array_equal(out.numpy()[..., 0], [[[7, 8, 0, 0]], [[0, 0, 5, 6]]])
-    mask = pos.attention_matrix_per_row(tf.constant([[1], [3]]), tf.constant([[1, 1, 1, 1], [0, 1, 1, 1]]))
-    np.testing.assert_array_equal(mask.numpy()[:, 0, 0], [[1, 1, 0, 0], [0, 1, 1, 1]])
-    np.testing.assert_array_equal(pos.slot_positions(tf.constant([[0, 1, 1]]), tf.constant([[3, 4]])), [[2, 3]])
+def test_write_spans():
+    """(The per-row cache write and masks have exact examples in ``tests/test_decoder_core.py``.)"""
     buf = drafters.write_spans(tf.zeros([2, 5], tf.int32), tf.constant([[7, 8], [5, 6]]),
                                tf.constant([1, 4]), tf.constant([1, 2]))
     np.testing.assert_array_equal(buf, [[0, 7, 0, 0, 0], [0, 0, 0, 0, 5]])

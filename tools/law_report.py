@@ -245,6 +245,12 @@ LAWS = {  # name: (check, strategies, examples relative to --examples)
                                                      options=any_options, pad=pad_index), 2.0),
     "only pad after EOS": (law_pad_after_eos, dict(b=batch, options=any_options, eos=eos_index.filter(bool),
                                                     pad=st.sampled_from([0, 36])), 2.0),
+    "speculative (prompt lookup) == plain greedy": (law_speculative("lookup"), dict(
+        rows=st.lists(repetitive, min_size=1, max_size=1), eos=eos_index), 1.0),
+    "speculative (draft model) == plain greedy": (law_speculative("model"), dict(
+        rows=st.lists(repetitive, min_size=1, max_size=1), eos=eos_index), 1.0),
+    "speculative sampling frequencies == softmax (chi2, alpha 1e-3)": (law_speculative_frequencies, dict(
+        target=prompt, seed=xst.seeds()), 0.25),
     "top-k 1 == greedy": (law_limit("top_k=1"), dict(b=batch, seed=xst.seeds()), 0.5),
     "temperature 0 == greedy": (law_limit("temperature=0"), dict(b=batch, seed=xst.seeds()), 0.5),
     "one beam == greedy": (law_one_beam, dict(b=batch, eos=st.sampled_from([(), (0,)])), 0.5),
@@ -258,12 +264,6 @@ LAWS = {  # name: (check, strategies, examples relative to --examples)
     "sample j independent of num_return_sequences": (law_return_sequences, dict(b=batch, seed=xst.seeds()), 0.5),
     "sample frequencies == filtered softmax (chi2, alpha 1e-3)": (law_frequencies, dict(
         target=prompt, seed=xst.seeds(), warp=st.sampled_from([(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.6)])), 0.25),
-    "speculative (prompt lookup) == plain greedy": (law_speculative("lookup"), dict(
-        rows=st.lists(repetitive, min_size=1, max_size=1), eos=eos_index), 1.0),
-    "speculative (draft model) == plain greedy": (law_speculative("model"), dict(
-        rows=st.lists(repetitive, min_size=1, max_size=1), eos=eos_index), 1.0),
-    "speculative sampling frequencies == softmax (chi2, alpha 1e-3)": (law_speculative_frequencies, dict(
-        target=prompt, seed=xst.seeds()), 0.25),
 }
 
 
@@ -319,14 +319,15 @@ def write_report(results: dict, meta: dict, out: Path):
         "| law | " + " | ".join(SYSTEMS) + " |",
         "|---|" + "---|" * len(SYSTEMS),
     ]
-    for law in [law for law in LAWS if law in results]:
-        lines.append(f"| {law} | " + " | ".join(cell(results[law][s]) for s in SYSTEMS) + " |")
+    for law in LAWS:
+        row = results.get(law, {})
+        lines.append(f"| {law} | " + " | ".join(cell(row[s]) if s in row else "not run" for s in SYSTEMS) + " |")
     lines += ["", "## Counterexamples and n/a reasons", ""]
     for law in [law for law in LAWS if law in results]:
         row = results[law]
         for system in SYSTEMS:
-            o = row[system]
-            if o["result"] == "pass":
+            o = row.get(system)
+            if o is None or o["result"] == "pass":
                 continue
             message = o["message"] if len(o["message"]) < 1200 else o["message"][:1200] + " ..."
             lines += [f"### {law} -- {system}: {o['result']}", "", "```", message]
@@ -367,11 +368,13 @@ def main():
                 results[law][name] = run_law(check, strategies, systems[name], frequent, examples)
                 print(f"{law:58s} {name:16s} {cell(results[law][name]):16s} {results[law][name]['seconds']:7.1f}s",
                       flush=True)
-    runs.append(dict(command="nice -n 10 python tools/law_report.py " + " ".join(sys.argv[1:]),
-                     date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - begin) / 60, eos_ids=frequent))
-    meta = dict(runs=runs, transformers=transformers.__version__, torch=torch.__version__,
-                tensorflow=tf.__version__, hypothesis=hypothesis.__version__)
-    write_report(results, meta, args.out)
+            # Written after every law, so an interrupted run still leaves what it found.
+            this_run = dict(command="nice -n 10 python tools/law_report.py " + " ".join(sys.argv[1:]),
+                            date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - begin) / 60,
+                            eos_ids=frequent)
+            meta = dict(runs=runs + [this_run], transformers=transformers.__version__, torch=torch.__version__,
+                        tensorflow=tf.__version__, hypothesis=hypothesis.__version__)
+            write_report(results, meta, args.out)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ that recompute things take a reference forward
 Pieces:
 
 * :mod:`.laws`: XLA == eager (any two decoders), cached == recompute,
-  padding and batch-composition invariance, only pad after EOS, and the hook
-  for speculative == plain;
+  padding and batch-composition invariance, only pad after EOS, and
+  speculative == plain;
 * :mod:`.sampling_laws`: reproducible seeds, per-row independence, top-k 1 /
   temperature 0 == greedy, sample frequencies (chi-square);
 * :mod:`.beam_laws`: one beam == greedy, scores == recomputed log-probs,
