@@ -139,8 +139,8 @@ def test_readme_example_runs_and_prints_what_the_readme_shows(capsys):
     """The README's "Testing your own decoder" example, executed: the correct decoder
     passes, the buggy one is caught, and the output is the one the README quotes."""
     section = _readme_section("Testing your own decoder with xladecode.testing")
-    code, shown = re.findall(r"```python\n(.*?)```", section, re.S)[0], re.findall(r"```\n(.*?)```", section,
-                                                                                   re.S)[0]
+    blocks = dict(re.findall(r"^```(\w*)\n(.*?)^```", section, re.S | re.M))  # {language: its block}
+    code, shown = blocks["python"], blocks[""]
     exec(compile(code, "README example", "exec"), {"__name__": "readme_example"})
     printed = capsys.readouterr().out.splitlines()
     missing = [line for line in shown.splitlines() if line not in printed]
