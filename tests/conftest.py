@@ -7,6 +7,7 @@ tests that use the same shapes share one XLA compile.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -42,6 +43,17 @@ def law_lm(request, tiny_lm):
     from xladecode.lm import LanguageModel
     from rope_decoder import RopeDecoder
     return LanguageModel(RopeDecoder(vocab_size=37, max_positions=64, seed=1))
+
+
+@pytest.fixture(scope="session")
+def law(law_lm):
+    """``law_lm`` in the callable form of ``xladecode.testing``: its XLA and
+    eager decoders, its no-cache reference forward and its sampling noise."""
+    from xladecode import testing
+
+    return SimpleNamespace(lm=law_lm, xla=testing.from_language_model(law_lm),
+                           eager=testing.from_language_model(law_lm, jit_compile=False),
+                           logits=testing.language_model_logits(law_lm), noise=testing.xladecode_noise)
 
 
 @pytest.fixture(scope="session")

@@ -6,70 +6,40 @@ trace / XLA compile, so each test keeps its shapes fixed and lets hypothesis
 vary only values (prompt contents, lengths inside the fixed width, batch
 composition, length_penalty, early_stopping, EOS id values).
 
-The tie rule for beams (the beam analogue of ``laws.assert_same_tokens``):
-two runs that should agree may still return different hypotheses in a slot
-when float rounding reorders near-equal scores; that is accepted only if the
-two hypotheses' ``sequences_scores`` agree within :data:`BEAM_TIE`. Any other
+The tie rule for beams is ``xladecode.testing.assert_same_beams``: two runs
+that should agree may still return different hypotheses in a slot when float
+rounding reorders near-equal scores; that is accepted only if the two
+hypotheses' ``sequences_scores`` agree within ``BEAM_TIE``. Any other
 difference is a bug.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
-import tensorflow as tf
 import torch
 from hypothesis import given, settings, strategies as st
 
 import xladecode
 from checkpoints import make_checkpoint
-from laws import assert_pad_after_eos, assert_same_tokens, left_pad
-from xladecode import beam_search as beam_module
 from xladecode.lm import LanguageModel
+from xladecode.testing import (BEAM_TIE, SCORE_ATOL, assert_beam_equals_brute_force,
+                               assert_beam_scores_are_logprobs, assert_decoders_agree, assert_one_beam_equals_greedy,
+                               assert_row_invariance, assert_same_beams, assert_sampling_reproducible,
+                               check_pad_after_eos, end_of, from_language_model, language_model_logits,
+                               language_model_one_beam, left_pad, strategies as xst)
+from xladecode.testing.reference import brute_force_beams, log_softmax
 
-BEAM_TIE = 1e-5  # two different hypotheses "tie" if their scores differ by less
-SCORE_ATOL = 1e-4  # same hypothesis, scores computed along two paths
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 EARLY = [True, False, "never"]
 PENALTIES = [-1.0, 0.0, 1.0, 2.0]
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-def _end(new_row, eos: set[int]) -> int:
-    """New-token length of a returned hypothesis: through its first EOS, else the whole row."""
-    for i, t in enumerate(np.asarray(new_row).tolist()):
-        if t in eos:
-            return i + 1
-    return len(new_row)
-
-
-def assert_same_beams(got_new, got_scores, want_new, want_scores, what: str):
-    """Row by row: the same hypothesis with scores within SCORE_ATOL, or a tie (scores within BEAM_TIE)."""
-    got_new, want_new = np.asarray(got_new), np.asarray(want_new)
-    assert got_new.shape == want_new.shape, (what, got_new.shape, want_new.shape)
-    for r in range(len(got_new)):
-        diff = abs(float(got_scores[r]) - float(want_scores[r]))
-        if np.array_equal(got_new[r], want_new[r]):
-            assert diff <= SCORE_ATOL, (
-                f"{what}: row {r} {got_new[r].tolist()} scores {got_scores[r]} vs {want_scores[r]}")
-        else:
-            assert diff <= BEAM_TIE, (
-                f"{what}: row {r} differs (got {got_new[r].tolist()} score {got_scores[r]:.7g}, want "
-                f"{want_new[r].tolist()} score {want_scores[r]:.7g}): score gap {diff:.3g} is not a tie")
 
 
 def assert_well_formed(new, eos: set[int], pad: int, max_new: int):
     """After a hypothesis' first EOS only pad follows (finished beams are never extended)."""
     new = np.asarray(new)
     assert new.shape[1] == max_new
-    assert_pad_after_eos(new, eos, pad)
+    check_pad_after_eos(new, eos, pad)
 
 
 # =====================================================================
@@ -171,7 +141,7 @@ def test_parity_combos_cover_early_eos_and_max_length(parity):
     early_end = reached_max = 0
     for combo in COMBOS:
         new = _ours(lm, ids, mask, eos, combo).sequences[:, P_WIDTH:]
-        ends = [_end(row, {eos}) for row in new]
+        ends = [end_of(row, {eos}) for row in new]
         early_end += sum(e < P_NEW for e in ends)
         reached_max += sum(e == P_NEW and row[-1] != eos for e, row in zip(ends, new))
     assert early_end > 0, "EOS never fired before max_new_tokens"
@@ -195,7 +165,7 @@ NEW = 6
 ROWS = 3  # batches are padded to ROWS prompts
 NB, NRS = 3, 2
 
-prompt = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=WIDTH)
+prompt = xst.prompts(VOCAB, WIDTH)
 batch = st.lists(prompt, min_size=1, max_size=ROWS)
 # EOS sets are indices into the model's most frequent outputs; their SIZE is a compile key.
 eos_choice = st.sampled_from([(0,), (1,), (0, 1), (1, 2)])
@@ -228,57 +198,28 @@ def _beams(lm, ids, mask, eos, *, num_beams=NB, nrs=NRS, max_new=NEW, pad=0, **k
 @pytest.fixture(scope="module")
 def one_beam(law_lm):
     """``beam_search(num_beams=1)`` compiled with XLA, fed the options ``generate`` would build
-    for a greedy call (``LanguageModel.prepare``). num_eos_ids=1 sizes the candidate pool for
-    up to one EOS id (K = 2 either way), so one compile serves no EOS and one EOS id."""
-
-    def graph(ids, mask, options):
-        return beam_module.beam_search(law_lm.model, ids, mask, options, NEW, num_beams=1,
-                                       num_return_sequences=1, num_eos_ids=1)
-
-    function = tf.function(graph, jit_compile=True, reduce_retracing=False)
-
-    def run(ids, mask, eos):
-        assert len(eos) <= 1
-        call = law_lm.prepare(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
-        seqs, scores, seq_scores = function(tf.constant(call.input_ids), tf.constant(call.attention_mask),
-                                            call.options)
-        # prepare may add left-padding columns / filler rows (shape bucketing): drop them.
-        rows, width = ids.shape[0], ids.shape[1] + NEW
-        return seqs.numpy()[:rows, -width:], scores.numpy()[:rows], seq_scores.numpy()[:rows]
-
-    return run
+    for a greedy call (``generate(num_beams=1)`` itself runs the greedy loop)."""
+    return language_model_one_beam(law_lm)
 
 
 @SETTINGS
 @given(rows=batch, eos=st.sampled_from([(), (0,), (1,)]))
-def test_one_beam_equals_greedy(law_lm, frequent, one_beam, rows, eos):
-    eos = [frequent[i] for i in eos]
+def test_one_beam_equals_greedy(law, frequent, one_beam, rows, eos):
     ids, mask = _pad_batch(rows)
-    greedy = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0,
-                              output_scores=True)
-    seqs, scores, seq_scores = one_beam(ids, mask, eos)
-    assert seqs.shape == greedy.sequences.shape
-    np.testing.assert_array_equal(seqs[:, :WIDTH], ids)
-    for i, row in enumerate(rows):
-        assert_same_tokens(law_lm, row, seqs[i, WIDTH:], greedy.sequences[i, WIDTH:], "1 beam vs greedy")
-        if np.array_equal(seqs[i], greedy.sequences[i]):
-            np.testing.assert_allclose(scores[i], greedy.scores[i], atol=1e-5, rtol=0)
-            # length_penalty 1.0: the beam score is the mean token log-prob.
-            length = _end(seqs[i, WIDTH:], set(eos))
-            np.testing.assert_allclose(seq_scores[i], greedy.scores[i].sum() / length, atol=1e-5, rtol=1e-6)
+    # length_penalty 1.0 (the default): the beam score is the mean token log-prob.
+    assert_one_beam_equals_greedy(one_beam, law.xla, law.logits, ids, mask, max_new_tokens=NEW,
+                                  eos_token_id=[frequent[i] for i in eos], pad_token_id=0)
 
 
 @SETTINGS
 @given(rows=batch, eos=eos_choice, lp=penalty, early_stopping=early)
-def test_xla_equals_no_xla(law_lm, frequent, rows, eos, lp, early_stopping):
+def test_xla_equals_no_xla(law, frequent, rows, eos, lp, early_stopping):
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
-    kw = dict(length_penalty=lp, early_stopping=early_stopping)
-    xla = _beams(law_lm, ids, mask, eos, **kw)
-    plain = _beams(law_lm, ids, mask, eos, jit_compile=False, **kw)
-    assert_same_beams(xla.sequences[:, WIDTH:], xla.sequences_scores, plain.sequences[:, WIDTH:],
-                      plain.sequences_scores, "XLA vs no XLA")
-    assert_well_formed(xla.sequences[:, WIDTH:], set(eos), 0, NEW)
+    xla, _ = assert_decoders_agree(law.xla, law.eager, ids, mask, what="XLA vs no XLA", max_new_tokens=NEW,
+                                   num_beams=NB, num_return_sequences=NRS, eos_token_id=eos, pad_token_id=0,
+                                   length_penalty=lp, early_stopping=early_stopping)
+    assert_well_formed(xla.tokens, set(eos), 0, NEW)
 
 
 @SETTINGS
@@ -313,53 +254,25 @@ short_prompt = st.sampled_from([1, 4]).flatmap(
 @SETTINGS
 @given(target=short_prompt, others=st.lists(prompt, max_size=ROWS - 1), where=st.integers(0, ROWS - 1),
        lp=penalty, early_stopping=early)
-def test_padding_and_batch_composition_invariance(law_lm, exact_lm, frequent, target, others, where, lp,
+def test_padding_and_batch_composition_invariance(law, exact_lm, frequent, target, others, where, lp,
                                                   early_stopping):
     """A prompt's beams are the same alone (unpadded, unbucketed), left-padded (to WIDTH), and
     among any neighbours (bucketing adds a filler prompt to the batch of 3)."""
-    eos = [frequent[0]]
-    kw = dict(length_penalty=lp, early_stopping=early_stopping)
-    alone_ids, alone_mask = left_pad([target])
-    alone = _beams(exact_lm, alone_ids, alone_mask, eos, **kw)
-    assert alone.sequences.shape == (NRS, len(target) + NEW)
-    want_new, want_scores = alone.sequences[:, len(target):], alone.sequences_scores
-
-    padded_ids, padded_mask = left_pad([target], WIDTH)
-    padded = _beams(law_lm, padded_ids, padded_mask, eos, **kw)
-    assert_same_beams(padded.sequences[:, WIDTH:], padded.sequences_scores, want_new, want_scores,
-                      "left padding")
-
-    rows = list(others)
-    index = min(where, len(rows))
-    rows.insert(index, target)
-    ids, mask = _pad_batch(rows)
-    mixed = _beams(law_lm, ids, mask, eos, **kw)
-    part = slice(index * NRS, (index + 1) * NRS)
-    assert_same_beams(mixed.sequences[part, WIDTH:], mixed.sequences_scores[part], want_new, want_scores,
-                      "batch composition")
+    assert_row_invariance(law.xla, target, pad_to=WIDTH, neighbours=others, position=where, batch_width=WIDTH,
+                          fill_rows=ROWS, alone_decode=from_language_model(exact_lm), max_new_tokens=NEW,
+                          num_beams=NB, num_return_sequences=NRS, eos_token_id=[frequent[0]], pad_token_id=0,
+                          length_penalty=lp, early_stopping=early_stopping)
 
 
 @SETTINGS
 @given(rows=batch, eos=eos_choice, lp=penalty, early_stopping=early)
-def test_sequence_scores_are_length_penalised_logprob_sums(law_lm, frequent, rows, eos, lp, early_stopping):
+def test_sequence_scores_are_length_penalised_logprob_sums(law, frequent, rows, eos, lp, early_stopping):
     """sequences_scores = sum of the model's log-probs of the new tokens (through EOS) / new_length**lp,
     recomputed without cache; ``scores`` holds those per-token log-probs, 0 after the end."""
-    eos = set(frequent[i] for i in eos)
     ids, mask = _pad_batch(rows)
-    out = _beams(law_lm, ids, mask, sorted(eos), length_penalty=lp, early_stopping=early_stopping)
-    full_mask = np.concatenate([np.repeat(mask, NRS, axis=0), np.ones([ROWS * NRS, NEW], np.int32)], 1)
-    logp = _log_softmax(law_lm.logits(out.sequences, full_mask, jit_compile=False))
-    new = out.sequences[:, WIDTH:]
-    for r in range(ROWS * NRS):
-        length = _end(new[r], eos)
-        token_logp = np.array([logp[r, WIDTH - 1 + t, new[r, t]] for t in range(length)])
-        total = token_logp.sum()
-        np.testing.assert_allclose(out.sequences_scores[r], total / length ** lp, atol=SCORE_ATOL, rtol=1e-5,
-                                   err_msg=f"row {r} {new[r].tolist()}")
-        np.testing.assert_allclose(out.scores[r, :length], token_logp, atol=SCORE_ATOL, rtol=0)
-        assert (out.scores[r, length:] == 0).all()
-        np.testing.assert_allclose(out.scores[r].sum(), out.sequences_scores[r] * length ** lp,
-                                   atol=SCORE_ATOL, rtol=1e-5)
+    assert_beam_scores_are_logprobs(law.xla, law.logits, ids, mask, max_new_tokens=NEW, num_beams=NB,
+                                    num_return_sequences=NRS, eos_token_id=sorted(set(frequent[i] for i in eos)),
+                                    pad_token_id=0, length_penalty=lp, early_stopping=early_stopping)
 
 
 @SETTINGS
@@ -381,7 +294,7 @@ def test_eos_really_fires_in_beam_laws(law_lm, frequent):
     ids, mask = _pad_batch([[int(t) for t in rng.integers(0, VOCAB, 5)] for _ in range(ROWS)])
     # length_penalty 0 (one of PENALTIES): ended hypotheses compete on raw log-prob sums.
     new = _beams(law_lm, ids, mask, list(frequent), length_penalty=0.0).sequences[:, WIDTH:]
-    assert any(_end(row, set(frequent)) < NEW for row in new), new.tolist()
+    assert any(end_of(row, set(frequent)) < NEW for row in new), new.tolist()
 
 
 @SETTINGS
@@ -391,7 +304,7 @@ def test_one_new_token_returns_the_top_next_tokens(law_lm, frequent, rows, eos, 
     eos = [frequent[i] for i in eos]
     ids, mask = _pad_batch(rows)
     out = _beams(law_lm, ids, mask, eos, nrs=NB, max_new=1, length_penalty=lp, early_stopping=early_stopping)
-    logp = _log_softmax(law_lm.logits(ids, mask, jit_compile=False)[:, -1])
+    logp = log_softmax(law_lm.logits(ids, mask, jit_compile=False)[:, -1])
     want = np.argsort(-logp, axis=-1, kind="stable")[:, :NB]
     got = out.sequences[:, WIDTH].reshape(ROWS, NB)
     for i in range(ROWS):
@@ -416,29 +329,10 @@ def micro_lm(tmp_path_factory):
     return xladecode.load(folder)
 
 
-def _continuations(prefix=()):
-    """Every ended continuation: at the first EOS, or after BF_NEW tokens."""
-    if len(prefix) == BF_NEW or (prefix and prefix[-1] == BF_EOS):
-        yield prefix
-        return
-    for token in range(BF_VOCAB):
-        yield from _continuations(prefix + (token,))
-
-
 def _brute_force(lm, target, lp):
     """Every hypothesis with its exact score ``sum logprob / new_length**lp``, best first."""
-    # One no-cache forward over prompt + every (BF_NEW - 1)-token prefix gives every
-    # next-token distribution needed: position last + t predicts new token t.
-    prefixes = list(itertools.product(range(BF_VOCAB), repeat=BF_NEW - 1))
-    ids, mask = left_pad([target + list(p) for p in prefixes], BF_WIDTH + BF_NEW - 1, pad_id=BF_PAD)
-    logp = dict(zip(prefixes, _log_softmax(lm.logits(ids, mask, jit_compile=False))))
-    last = BF_WIDTH - 1
-    hyps = []
-    for seq in _continuations():
-        row = logp[(seq[:-1] + (0,) * BF_NEW)[:BF_NEW - 1]]  # any prefix row that starts with seq[:-1]
-        total = sum(row[last + t, token] for t, token in enumerate(seq))
-        hyps.append((total / len(seq) ** lp, seq))
-    return sorted(hyps, key=lambda h: -h[0])
+    return brute_force_beams(language_model_logits(lm), target, vocab_size=BF_VOCAB, max_new_tokens=BF_NEW,
+                             eos=[BF_EOS], length_penalty=lp, pad=BF_PAD, width=BF_WIDTH + BF_NEW - 1)
 
 
 def test_brute_force_enumerates_every_hypothesis(micro_lm):
@@ -454,25 +348,10 @@ def test_brute_force_enumerates_every_hypothesis(micro_lm):
 def test_exhaustive_beams_equal_brute_force(micro_lm, rows, lp):
     """With num_beams >= every prefix and early_stopping="never", beam search is exact search."""
     ids, mask = left_pad(rows, BF_WIDTH, pad_id=BF_PAD)
-    out = micro_lm.generate(ids, mask, max_new_tokens=BF_NEW, num_beams=BF_BEAMS, num_return_sequences=BF_NRS,
-                            length_penalty=lp, early_stopping="never", eos_token_id=BF_EOS,
-                            pad_token_id=BF_PAD, output_scores=True)
-    for i, target in enumerate(rows):
-        hyps = _brute_force(micro_lm, target, lp)
-        want_new = np.full([BF_NRS, BF_NEW], BF_PAD, np.int32)
-        for r, (_, seq) in enumerate(hyps[:BF_NRS]):
-            want_new[r, :len(seq)] = seq
-        want_scores = np.array([s for s, _ in hyps[:BF_NRS]])
-        part = slice(i * BF_NRS, (i + 1) * BF_NRS)
-        got_new = out.sequences[part, BF_WIDTH:]
-        assert_same_beams(got_new, out.sequences_scores[part], want_new, want_scores,
-                          f"brute force, prompt {target}, length_penalty {lp}")
-        np.testing.assert_allclose(out.sequences_scores[part], want_scores, atol=SCORE_ATOL, rtol=1e-5)
-        # A hypothesis swapped in by a tie must still be a real hypothesis with that score.
-        exact = {seq: s for s, seq in hyps}
-        for row, score in zip(got_new, out.sequences_scores[part]):
-            seq = tuple(int(t) for t in row[:_end(row, {BF_EOS})])
-            assert seq in exact and abs(exact[seq] - score) <= SCORE_ATOL, (seq, score)
+    assert_beam_equals_brute_force(from_language_model(micro_lm), language_model_logits(micro_lm), ids, mask,
+                                   vocab_size=BF_VOCAB, width=BF_WIDTH + BF_NEW - 1, max_new_tokens=BF_NEW,
+                                   num_beams=BF_BEAMS, num_return_sequences=BF_NRS, length_penalty=lp,
+                                   early_stopping="never", eos_token_id=BF_EOS, pad_token_id=BF_PAD)
 
 
 # =====================================================================
@@ -480,31 +359,24 @@ def test_exhaustive_beams_equal_brute_force(micro_lm, rows, lp):
 # =====================================================================
 
 
-def test_beam_sampling_is_reproducible_and_well_formed(law_lm, frequent):
+def test_beam_sampling_is_reproducible_and_well_formed(law, frequent):
     rng = np.random.default_rng(2)
     rows = [[int(t) for t in rng.integers(0, VOCAB, n)] for n in (8, 3, 5)]
     ids, mask = _pad_batch(rows)
     eos = [frequent[0]]
+    kw = dict(max_new_tokens=NEW, num_beams=NB, num_return_sequences=NRS, eos_token_id=eos, pad_token_id=0,
+              do_sample=True)
 
-    def sample(seed):
-        return _beams(law_lm, ids, mask, eos, do_sample=True, seed=seed)
-
-    first, again = sample((1, 2)), sample((1, 2))
-    np.testing.assert_array_equal(first.sequences, again.sequences)
-    np.testing.assert_array_equal(first.sequences_scores, again.sequences_scores)
-    np.testing.assert_array_equal(first.scores, again.scores)
-
-    outs = [first] + [sample(seed) for seed in [(3, 4), (5, 6), (7, 8)]]
-    assert len({o.sequences.tobytes() for o in outs}) > 1, "different seeds gave the same beams"
+    first = assert_sampling_reproducible(law.xla, ids, mask, seed=(1, 2), **kw)
+    outs = [first] + [law.xla(ids, mask, seed=seed, **kw) for seed in [(3, 4), (5, 6), (7, 8)]]
+    assert len({o.tokens.tobytes() for o in outs}) > 1, "different seeds gave the same beams"
     for o in outs:
-        new = o.sequences[:, WIDTH:]
-        np.testing.assert_array_equal(o.sequences[:, :WIDTH], np.repeat(ids, NRS, axis=0))
-        assert_well_formed(new, set(eos), 0, NEW)
-        assert np.isfinite(o.sequences_scores).all() and np.isfinite(o.scores).all()
-        assert (o.sequences_scores <= 0).all()
+        assert_well_formed(o.tokens, set(eos), 0, NEW)
+        assert np.isfinite(o.sequence_scores).all() and np.isfinite(o.scores).all()
+        assert (o.sequence_scores <= 0).all()
         # The score is the (length-penalised, default 1.0) sum of the returned per-token scores.
-        lengths = np.array([_end(row, set(eos)) for row in new])
-        np.testing.assert_allclose(o.scores.sum(1) / lengths, o.sequences_scores, atol=1e-5, rtol=1e-5)
+        lengths = np.array([end_of(row, set(eos)) for row in o.tokens])
+        np.testing.assert_allclose(o.scores.sum(1) / lengths, o.sequence_scores, atol=1e-5, rtol=1e-5)
 
 
 # =====================================================================

@@ -5,8 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 import pytest
 
-from laws import assert_same_sample, assert_same_tokens, left_pad
 from xladecode.plan import bucket, plan_shapes
+from xladecode.testing import assert_decoders_agree, from_language_model, language_model_logits, left_pad, xladecode_noise
 
 
 def test_bucket_rounds_up_to_powers_of_two():
@@ -58,17 +58,12 @@ def exact_lm(tiny_dir):
 @given(rows=st.lists(st.lists(st.integers(0, 36), min_size=1, max_size=11), min_size=1, max_size=3),
        new=st.integers(1, 10), sample=st.booleans())
 def test_bucketing_changes_no_result(tiny_lm, exact_lm, rows, new, sample):
-    exact = exact_lm
     ids, mask = left_pad(rows)
     kw = dict(max_new_tokens=new, do_sample=sample, top_k=0, seed=(3, 4), eos_token_id=5, pad_token_id=0)
-    got = tiny_lm.generate(ids, mask, **kw).sequences
-    want = exact.generate(ids, mask, **kw).sequences
-    assert got.shape == want.shape == (len(rows), ids.shape[1] + new)
-    for i, row in enumerate(rows):
-        if not sample:
-            assert_same_tokens(tiny_lm, row, got[i, ids.shape[1]:], want[i, ids.shape[1]:], "bucketing")
-        else:
-            assert_same_sample(tiny_lm, row, got[i, ids.shape[1]:], want[i, ids.shape[1]:], (3, 4))
+    got, want = assert_decoders_agree(from_language_model(tiny_lm), from_language_model(exact_lm), ids, mask,
+                                      logits=language_model_logits(tiny_lm), noise=xladecode_noise,
+                                      what="bucketing", **kw)
+    assert got.tokens.shape == want.tokens.shape == (len(rows), new)
 
 
 def test_compiled_functions_are_bounded_lru(tiny_dir):

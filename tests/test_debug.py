@@ -3,8 +3,8 @@ exactly the tokens ``generate`` returns."""
 
 import numpy as np
 
-from laws import left_pad
 from xladecode.debug import step_through
+from xladecode.testing import left_pad
 
 
 def test_step_through_yields_the_generated_tokens(law_lm):

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from laws import (NEAR_TIE, assert_pad_after_eos, assert_same_tokens, greedy_by_recompute, left_pad,
-                  new_tokens)
+from xladecode.testing import (NEAR_TIE, assert_cached_equals_recompute, assert_decoders_agree,
+                               assert_pad_after_eos, assert_row_invariance, left_pad, strategies as xst)
 
 VOCAB = 37
 WIDTH = 8  # prompt buffer width
 NEW = 6
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
 
-prompt = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=WIDTH)
-batch = st.lists(prompt, min_size=1, max_size=3)
+prompt = xst.prompts(VOCAB, WIDTH)
+batch = xst.prompt_batches(VOCAB, WIDTH, max_rows=3, fill_rows=3)  # 3 rows always: one shape
 # EOS sets are drawn as indices into the model's most frequent outputs (see
 # the `frequent` fixture), so EOS really fires mid-way in these laws.
 eos_choice = st.sampled_from([(), (0,), (1, 2), (0, 1, 2)])
@@ -43,59 +43,38 @@ def _pad_batch(rows):
 
 
 @SETTINGS
-@given(rows=batch, eos=eos_choice)
-def test_xla_equals_no_xla(law_lm, frequent, rows, eos):
+@given(b=batch, eos=eos_choice)
+def test_xla_equals_no_xla(law, frequent, b, eos):
     eos = [frequent[i] for i in eos]
-    ids, mask = _pad_batch(rows)
-    xla = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
-    plain = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0,
-                             jit_compile=False)
-    for i, row in enumerate(rows):
-        assert_same_tokens(law_lm, row, xla.sequences[i, WIDTH:], plain.sequences[i, WIDTH:], "XLA vs no XLA")
+    assert_decoders_agree(law.xla, law.eager, b.input_ids, b.attention_mask, logits=law.logits,
+                          what="XLA vs no XLA", max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
 
 
 @SETTINGS
-@given(rows=batch, eos=eos_choice)
-def test_cached_decoding_equals_recompute(law_lm, frequent, rows, eos):
+@given(b=batch, eos=eos_choice)
+def test_cached_decoding_equals_recompute(law, frequent, b, eos):
     """The KV-cached loop gives the tokens of re-running the whole text each step."""
     eos = [frequent[i] for i in eos]
-    ids, mask = _pad_batch(rows)
-    out = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
-    for i, row in enumerate(rows):
-        want = greedy_by_recompute(law_lm, row, NEW, set(eos), pad=0)
-        assert_same_tokens(law_lm, row, out.sequences[i, WIDTH:], want, "cache vs recompute")
+    assert_cached_equals_recompute(law.xla, law.logits, b.input_ids, b.attention_mask, max_new_tokens=NEW,
+                                   eos_token_id=eos, pad_token_id=0)
 
 
 @SETTINGS
 @given(target=prompt, others=st.lists(prompt, max_size=2), where=st.integers(0, 2),
        extra_pad=st.integers(0, 4))
-def test_padding_and_batch_composition_invariance(law_lm, frequent, target, others, where, extra_pad):
+def test_padding_and_batch_composition_invariance(law, frequent, target, others, where, extra_pad):
     """A prompt's continuation is the same alone, left-padded, and among any neighbours."""
-    EOS = frequent[0]
-    alone_ids, alone_mask = left_pad([target])
-    alone = law_lm.generate(alone_ids, alone_mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=0)
-    want = alone.sequences[0, len(target):]
-
-    width = min(len(target) + extra_pad, WIDTH)
-    padded_ids, padded_mask = left_pad([target], width)
-    padded = law_lm.generate(padded_ids, padded_mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=0)
-    assert_same_tokens(law_lm, target, padded.sequences[0, width:], want, "left padding")
-
-    rows = list(others)
-    rows.insert(min(where, len(rows)), target)
-    index = rows.index(target) if target not in others else min(where, len(others))
-    ids, mask = _pad_batch(rows)
-    mixed = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=EOS, pad_token_id=0)
-    assert_same_tokens(law_lm, target, mixed.sequences[index, WIDTH:], want, "batch composition")
+    assert_row_invariance(law.xla, target, pad_to=min(len(target) + extra_pad, WIDTH), neighbours=others,
+                          position=where, batch_width=WIDTH, fill_rows=3, logits=law.logits,
+                          max_new_tokens=NEW, eos_token_id=[frequent[0]], pad_token_id=0)
 
 
 @SETTINGS
-@given(rows=batch, eos=eos_choice.filter(bool), pad=st.sampled_from([0, 36]))
-def test_only_pad_after_eos(law_lm, frequent, rows, eos, pad):
+@given(b=batch, eos=eos_choice.filter(bool), pad=st.sampled_from([0, 36]))
+def test_only_pad_after_eos(law, frequent, b, eos, pad):
     eos = [frequent[i] for i in eos]
-    ids, mask = _pad_batch(rows)
-    out = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=pad)
-    assert_pad_after_eos(new_tokens(out.sequences, WIDTH), set(eos), pad)
+    assert_pad_after_eos(law.xla, b.input_ids, b.attention_mask, max_new_tokens=NEW, eos_token_id=eos,
+                         pad_token_id=pad)
 
 
 def test_eos_really_fires_in_law_tests(law_lm, frequent):

@@ -12,7 +12,8 @@ import torch
 
 import xladecode
 from checkpoints import make_checkpoint
-from laws import assert_same_tokens, left_pad
+from xladecode.testing import (assert_decoders_agree, from_language_model, from_transformers,
+                               language_model_logits, left_pad)
 
 SHAPES = [
     # (n_layer, n_head, n_embd, vocab, dtype, extra config)
@@ -51,26 +52,18 @@ def test_logits_match_transformers(pair):
     np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("eos", [None, 3], ids=["no-eos", "eos"])
+@pytest.mark.parametrize("eos", [[], [3]], ids=["no-eos", "eos"])
 def test_greedy_matches_transformers(pair, eos):
+    """Greedy tokens equal transformers' (near-tie rule on our logits). The adapter
+    fills the columns transformers drops once every row has ended with pad."""
     ref, lm, vocab = pair
     rng = np.random.default_rng(1)
     rows = [list(rng.integers(0, vocab, n)) for n in (6, 2, 4)]
     ids, mask = left_pad(rows, pad_id=0)
-    new = 10
-    # None means "the checkpoint's default" in xladecode; [] means "no EOS".
-    out = lm.generate(ids, mask, max_new_tokens=new, eos_token_id=[] if eos is None else eos, pad_token_id=0)
-    with torch.no_grad():
-        theirs = ref.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                              max_new_tokens=new, do_sample=False, eos_token_id=eos, pad_token_id=0,
-                              num_beams=1).numpy()
-    width = ids.shape[1]
-    theirs_new = np.zeros([len(rows), new], np.int64)  # transformers stops early when all rows end
-    theirs_new[:, :theirs.shape[1] - width] = theirs[:, width:]
-    assert out.sequences.shape == (len(rows), width + new)
-    np.testing.assert_array_equal(out.sequences[:, :width], ids)
-    for i, row in enumerate(rows):
-        assert_same_tokens(lm, row, out.sequences[i, width:], theirs_new[i], f"row {i}")
+    ours, theirs = assert_decoders_agree(from_language_model(lm), from_transformers(ref), ids, mask,
+                                         logits=language_model_logits(lm), what="vs transformers",
+                                         max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
+    assert ours.tokens.shape == (len(rows), 10)
 
 
 def test_eos_fires_mid_way_in_some_rows(pair):
@@ -79,14 +72,9 @@ def test_eos_fires_mid_way_in_some_rows(pair):
     rng = np.random.default_rng(1)
     ids, mask = left_pad([list(rng.integers(0, vocab, n)) for n in (6, 2, 4)])
     free = lm.generate(ids, mask, max_new_tokens=10, eos_token_id=[], pad_token_id=0).sequences
-    most_common = np.bincount(free[:, ids.shape[1]:].ravel()).argmax()
-    out = lm.generate(ids, mask, max_new_tokens=10, eos_token_id=int(most_common), pad_token_id=0)
-    new = out.sequences[:, ids.shape[1]:]
-    assert (new == most_common).any(axis=1).any()
-    with torch.no_grad():
-        theirs = ref.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                              max_new_tokens=10, do_sample=False, eos_token_id=int(most_common),
-                              pad_token_id=0).numpy()[:, ids.shape[1]:]
-    padded = np.zeros_like(new)
-    padded[:, :theirs.shape[1]] = theirs
-    np.testing.assert_array_equal(new, padded)
+    most_common = int(np.bincount(free[:, ids.shape[1]:].ravel()).argmax())
+    # Exact equality here (no logits: no near-tie can excuse a difference).
+    ours, _ = assert_decoders_agree(from_language_model(lm), from_transformers(ref), ids, mask, logits=None,
+                                    what="vs transformers, frequent EOS", max_new_tokens=10,
+                                    eos_token_id=[most_common], pad_token_id=0)
+    assert (ours.tokens == most_common).any(axis=1).any()

@@ -7,13 +7,17 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from laws import assert_same_sample, left_pad, recompute_logits
 from xladecode import processors, sampling
+from xladecode.testing import (assert_decoders_agree, assert_return_sequences_independent, assert_row_invariance,
+                               assert_sample_frequencies, assert_sampling_limits_are_greedy,
+                               assert_sampling_reproducible, left_pad, next_token_logits, strategies as xst)
+from xladecode.testing.reference import chi_square, chi_square_critical
 
 VOCAB, WIDTH, NEW = 37, 8, 6
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
-prompt = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=WIDTH)
-seed = st.tuples(st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1))
+prompt = xst.prompts(VOCAB, WIDTH)
+seed = xst.seeds()
+CHI_ALPHA = 1e-3  # false-failure rate of each chi-square check (fixed seeds: deterministic)
 
 
 def _draws(logits: np.ndarray, n: int, step: int = 0) -> np.ndarray:
@@ -22,19 +26,6 @@ def _draws(logits: np.ndarray, n: int, step: int = 0) -> np.ndarray:
     keys = sampling.row_keys(tf.constant(seeds), tf.zeros([n], tf.int32))
     batch = tf.constant(np.repeat(logits[None], n, 0).astype(np.float32))
     return sampling.gumbel_sample(batch, keys, tf.constant(step)).numpy()
-
-
-def _chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
-    keep = probs > 0
-    expected = probs[keep] * counts.sum()
-    stat = float(((counts[keep] - expected) ** 2 / expected).sum())
-    return stat, int(keep.sum()) - 1
-
-
-# 99.9th percentile of chi-square with df degrees of freedom (Wilson-Hilferty).
-def _critical(df: int) -> float:
-    z = 3.09
-    return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
 
 
 @pytest.mark.parametrize("top_k,top_p,temperature", [(0, 1.0, 1.0), (5, 1.0, 0.7), (0, 0.8, 1.3), (8, 0.9, 1.0)])
@@ -49,8 +40,9 @@ def test_sample_frequencies_match_filtered_softmax(top_k, top_p, temperature):
     n = 40000
     counts = np.bincount(_draws(warped, n), minlength=20)
     assert (counts[probs == 0] == 0).all(), "a filtered token was sampled"
-    stat, df = _chi_square(counts, probs)
-    assert stat < _critical(df), f"chi2={stat:.1f} >= {_critical(df):.1f} (df={df})"
+    stat, df = chi_square(counts, probs, min_expected=0)  # no pooling: every token's own bin
+    critical = chi_square_critical(df, CHI_ALPHA)
+    assert stat < critical, f"chi2={stat:.1f} >= {critical:.1f} (df={df})"
 
 
 def test_each_step_draws_fresh_uniform_noise():
@@ -60,8 +52,8 @@ def test_each_step_draws_fresh_uniform_noise():
     assert 0 < a.min() and a.max() < 1
     assert abs(a.mean() - 0.5) < 0.02 and abs(np.corrcoef(a[0], b[0])[0, 1]) < 0.05
     counts = np.histogram(a, bins=10, range=(0, 1))[0]
-    stat, df = _chi_square(counts, np.full(10, 0.1))
-    assert stat < _critical(df)
+    stat, df = chi_square(counts, np.full(10, 0.1), min_expected=0)
+    assert stat < chi_square_critical(df, CHI_ALPHA)
 
 
 def test_row_stream_depends_only_on_seed_and_sample_index():
@@ -72,55 +64,40 @@ def test_row_stream_depends_only_on_seed_and_sample_index():
 
 
 @SETTINGS
-@given(rows=st.lists(prompt, min_size=1, max_size=3), s=seed)
-def test_same_seed_same_tokens_with_and_without_xla(law_lm, rows, s):
-    ids, mask = left_pad(rows + [rows[0]] * (3 - len(rows)), WIDTH)
+@given(b=xst.prompt_batches(VOCAB, WIDTH, max_rows=3, fill_rows=3), s=seed)
+def test_same_seed_same_tokens_with_and_without_xla(law, b, s):
     kw = dict(max_new_tokens=NEW, do_sample=True, top_k=0, seed=s, eos_token_id=5, pad_token_id=0)
-    first = law_lm.generate(ids, mask, **kw).sequences
-    again = law_lm.generate(ids, mask, **kw).sequences
-    plain = law_lm.generate(ids, mask, jit_compile=False, **kw).sequences
-    np.testing.assert_array_equal(first, again)
-    for i, row in enumerate(rows):
-        assert_same_sample(law_lm, row, plain[i, WIDTH:], first[i, WIDTH:], s)
+    assert_sampling_reproducible(law.xla, b.input_ids, b.attention_mask, **kw)
+    assert_decoders_agree(law.eager, law.xla, b.input_ids, b.attention_mask, logits=law.logits, noise=law.noise,
+                          what="sampling without XLA", **kw)
 
 
 @SETTINGS
 @given(target=prompt, others=st.lists(prompt, max_size=2), extra_pad=st.integers(0, 4), s=seed)
-def test_sampled_row_ignores_batch_position_padding_and_neighbours(law_lm, target, others, extra_pad, s):
-    kw = dict(max_new_tokens=NEW, do_sample=True, top_k=0, eos_token_id=5, pad_token_id=0)
-    ids, mask = left_pad([target])
-    want = law_lm.generate(ids, mask, seed=s, **kw).sequences[0, len(target):]
-    width = min(len(target) + extra_pad, WIDTH)
-    ids, mask = left_pad([target], width)
-    padded = law_lm.generate(ids, mask, seed=s, **kw).sequences[0, width:]
-    assert_same_sample(law_lm, target, padded, want, s)
-    rows = others + [target]  # target last: a different index than alone
-    rows = rows + [rows[0]] * (3 - len(rows))
-    index = len(others)
-    ids, mask = left_pad(rows, WIDTH)
-    per_row_seeds = np.asarray([s if i == index else (i + 99, 7) for i in range(3)])
-    mixed = law_lm.generate(ids, mask, seed=per_row_seeds, **kw).sequences[index, WIDTH:]
-    assert_same_sample(law_lm, target, mixed, want, s)
+def test_sampled_row_ignores_batch_position_padding_and_neighbours(law, target, others, extra_pad, s):
+    """Alone, left-padded, and last in a batch whose other rows have other seeds: the same sample."""
+    assert_row_invariance(law.xla, target, pad_to=min(len(target) + extra_pad, WIDTH), neighbours=others,
+                          position=len(others), batch_width=WIDTH, fill_rows=3,
+                          neighbour_seed=lambda i: (i + 99, 7), logits=law.logits, noise=law.noise,
+                          max_new_tokens=NEW, do_sample=True, top_k=0, seed=s, eos_token_id=5, pad_token_id=0)
 
 
 @SETTINGS
-@given(rows=st.lists(prompt, min_size=3, max_size=3), s=seed)
-def test_top_k_1_and_temperature_0_are_greedy(law_lm, rows, s):
-    ids, mask = left_pad(rows, WIDTH)
-    greedy = law_lm.generate(ids, mask, max_new_tokens=NEW, eos_token_id=5, pad_token_id=0).sequences
-    kw = dict(max_new_tokens=NEW, do_sample=True, seed=s, eos_token_id=5, pad_token_id=0)
-    np.testing.assert_array_equal(law_lm.generate(ids, mask, top_k=1, **kw).sequences, greedy)
-    np.testing.assert_array_equal(law_lm.generate(ids, mask, temperature=0.0, **kw).sequences, greedy)
+@given(b=xst.prompt_batches(VOCAB, WIDTH, min_rows=3, max_rows=3), s=seed)
+def test_top_k_1_and_temperature_0_are_greedy(law, b, s):
     # temperature -> 0: logits/T plus Gumbel noise (|g| < 17.4 for our 24-bit
     # uniforms) can only differ from argmax where the raw top-2 gap < 17.4 * T.
-    t = 1e-5
-    cold = law_lm.generate(ids, mask, temperature=t, top_k=0, **kw).sequences
-    for i, row in enumerate(rows):
-        got, want = cold[i, WIDTH:], greedy[i, WIDTH:]
-        if not np.array_equal(got, want):
-            step = int(np.flatnonzero(got != want)[0])
-            top = np.sort(recompute_logits(law_lm, row, [int(x) for x in want[:step]]))
-            assert top[-1] - top[-2] < 17.4 * t
+    assert_sampling_limits_are_greedy(law.xla, b.input_ids, b.attention_mask, logits=law.logits,
+                                      cold_temperature=1e-5, noise_span=17.4, max_new_tokens=NEW, seed=s,
+                                      eos_token_id=5, pad_token_id=0)
+
+
+@pytest.mark.parametrize("top_k,top_p,temperature", [(0, 1.0, 1.0), (5, 1.0, 0.7), (0, 0.6, 1.3)])
+def test_decoder_sample_frequencies_match_filtered_softmax(law, top_k, top_p, temperature):
+    """The decoder end to end (model, warpers, sampler): 4000 first-token samples of one prompt."""
+    assert_sample_frequencies(law.xla, law.logits, [3, 14, 15, 9], draws=4000, seed=(11, 12), top_k=top_k,
+                              top_p=top_p, temperature=temperature, alpha=CHI_ALPHA, eos_token_id=[],
+                              pad_token_id=0)
 
 
 @SETTINGS
@@ -191,7 +168,7 @@ def test_option_values_do_not_recompile(law_lm):
     assert law_lm.compile_count == before + 1
 
 
-def test_num_return_sequences_gives_distinct_reproducible_samples(law_lm):
+def test_num_return_sequences_gives_distinct_reproducible_samples(law_lm, law):
     ids, mask = left_pad([[1, 2, 3], [4, 5]], 5)
     kw = dict(max_new_tokens=6, do_sample=True, num_return_sequences=3, seed=(5, 6), eos_token_id=[],
               pad_token_id=0)
@@ -200,11 +177,11 @@ def test_num_return_sequences_gives_distinct_reproducible_samples(law_lm):
     np.testing.assert_array_equal(out[0, :5], out[2, :5])  # grouped by prompt
     assert len({tuple(r) for r in out[:3, 5:].tolist()}) > 1
     # Return sequence j of a prompt is the same whatever nrs is (its own stream).
-    fewer = law_lm.generate(ids, mask, **(kw | {"num_return_sequences": 2})).sequences
-    np.testing.assert_array_equal(fewer[:2], out[:2])
+    kw.pop("num_return_sequences")
+    assert_return_sequences_independent(law.xla, ids, mask, counts=(2, 3), **kw)
 
 
-def test_scores_are_processed_logprobs_of_chosen_tokens(law_lm):
+def test_scores_are_processed_logprobs_of_chosen_tokens(law_lm, law):
     ids, mask = left_pad([[1, 2, 3], [9, 8, 7, 6]], 4)
     for kw in (dict(), dict(do_sample=True, temperature=0.7, top_k=0, seed=(3, 4))):
         out = law_lm.generate(ids, mask, max_new_tokens=5, eos_token_id=[], pad_token_id=0,
@@ -214,7 +191,7 @@ def test_scores_are_processed_logprobs_of_chosen_tokens(law_lm):
             prompt = ids[i][mask[i] == 1].tolist()
             new = out.sequences[i, 4:].tolist()
             for j, tok in enumerate(new):
-                logits = recompute_logits(law_lm, prompt, new[:j]) / t
+                logits = next_token_logits(law.logits, prompt, temperature=t)(new[:j])
                 want = logits[tok] - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
                 assert abs(out.scores[i, j] - want) < 1e-4
 

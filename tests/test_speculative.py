@@ -2,8 +2,9 @@
 
 The laws, on the tiny GPT-2 checkpoint and the rotary model (``law_lm``):
 
-* speculative greedy == plain greedy, token for token (near-tie rule of
-  ``laws.py``), for both drafters, any batch, left padding, EOS, processors;
+* speculative greedy == plain greedy, token for token (the toolkit's law
+  ``xladecode.testing.assert_speculative_equals_plain``, near-tie rule), through
+  ``lm.generate``, for both drafters, any batch, left padding, EOS, processors;
 * a draft model equal to the target has every draft accepted;
 * an always-wrong drafter still gives plain greedy's tokens, accepting none;
 * speculative sampling has the target's distribution (chi-square on a tiny
@@ -25,11 +26,11 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 from checkpoints import make_checkpoint
-from laws import assert_same_tokens, left_pad
 from xladecode import drafters, kv_cache, positions as pos, processors, speculative
 from xladecode.drafters import Draft, DraftContext, ModelDrafter, PromptLookupDrafter
 from xladecode.gpt2 import GPT2
 from xladecode.lm import LanguageModel
+from xladecode.testing import assert_speculative_equals_plain, left_pad
 from rope_decoder import RopeDecoder
 
 VOCAB, WIDTH, NEW = 37, 8, 10
@@ -93,18 +94,22 @@ def _drafter(kind, law_lm, other_model):
 
 
 # ------------------------------------------------------------------- greedy
+def _speculation(kind, other_model) -> dict:
+    """The ``generate`` options that switch speculation on, for each drafter."""
+    if kind == "lookup":
+        return dict(prompt_lookup_num_tokens=3)
+    return dict(assistant_model=other_model, num_assistant_tokens=2)
+
+
 @pytest.mark.parametrize("kind", ["lookup", "model"])
 @SETTINGS
 @given(rows=batch, eos=eos_choice)
-def test_speculative_greedy_equals_plain_greedy(law_lm, other_model, kind, rows, eos):
+def test_speculative_greedy_equals_plain_greedy(law, other_model, kind, rows, eos):
     ids, mask = _pad_batch(rows)
-    opts = dict(max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
-    got, scores, _ = speculate(law_lm, _drafter(kind, law_lm, other_model), ids, mask, **opts)
-    want = law_lm.generate(ids, mask, output_scores=True, **opts)
-    for i, row in enumerate(rows):
-        assert_same_tokens(law_lm, row, got[i], want.sequences[i, WIDTH:], f"speculative ({kind}) vs plain")
-        if np.array_equal(got[i], want.sequences[i, WIDTH:]):
-            np.testing.assert_allclose(scores[i], want.scores[i], atol=1e-4)
+    speculation = _speculation(kind, other_model)
+    assert_speculative_equals_plain(law.xla, lambda i, m, **o: law.xla(i, m, **o, **speculation), ids, mask,
+                                    logits=law.logits, score_atol=1e-4, max_new_tokens=NEW, eos_token_id=eos,
+                                    pad_token_id=0)
 
 
 bad_word = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=2)
@@ -337,14 +342,8 @@ def test_scripted_iterations_match_the_worked_example():
 
 
 # ----------------------------------------------------------- building blocks
-def test_per_row_cache_write_and_masks():
-    cache = tf.zeros([2, 1, 4, 1])
-    new = tf.constant([[[[7.0], [8.0]]], [[[5.0], [6.0]]]])
-    out = kv_cache.write(cache, new, tf.constant([0, 2]))
-    np.testing.assert_array_equal(out.numpy()[..., 0], [[[7, 8, 0, 0]], [[0, 0, 5, 6]]])
-    mask = pos.attention_matrix_per_row(tf.constant([[1], [3]]), tf.constant([[1, 1, 1, 1], [0, 1, 1, 1]]))
-    np.testing.assert_array_equal(mask.numpy()[:, 0, 0], [[1, 1, 0, 0], [0, 1, 1, 1]])
-    np.testing.assert_array_equal(pos.slot_positions(tf.constant([[0, 1, 1]]), tf.constant([[3, 4]])), [[2, 3]])
+def test_write_spans():
+    """(The per-row cache write and masks have exact examples in ``tests/test_decoder_core.py``.)"""
     buf = drafters.write_spans(tf.zeros([2, 5], tf.int32), tf.constant([[7, 8], [5, 6]]),
                                tf.constant([1, 4]), tf.constant([1, 2]))
     np.testing.assert_array_equal(buf, [[0, 7, 0, 0, 0], [0, 0, 0, 0, 5]])

@@ -1,0 +1,150 @@
+"""Exact, eager examples of the decoder's building blocks: ``positions.py``,
+``kv_cache.py`` and ``sampling.py``.
+
+Every expected value is worked out by hand (positions, cache slots) or by an
+independent numpy transcription of the documented hash (``sampling``), never
+by the code under test. These run in well under a second, which is what the
+mutation run (``tools/results/mutation.md``) needs from a test selection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from xladecode import kv_cache, positions as pos, sampling
+
+# ------------------------------------------------------------------ positions
+
+
+def test_positions_start_at_each_rows_first_real_token():
+    mask = tf.constant([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
+    np.testing.assert_array_equal(pos.positions_from_mask(mask), [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4],
+                                                                  [0, 0, 0, 0, 0]])
+    # Generated token `step` of a row sits at (real prompt length + step).
+    np.testing.assert_array_equal(pos.next_positions(mask, tf.constant(0)), [[3], [5], [1]])
+    np.testing.assert_array_equal(pos.next_positions(mask, tf.constant(4)), [[7], [9], [5]])
+
+
+def test_attention_matrix_is_causal_and_hides_padding():
+    got = pos.attention_matrix(tf.constant([3]), tf.constant([[0, 1, 1, 1, 1]]))
+    assert got.dtype == tf.bool and got.shape == (1, 1, 1, 5)
+    np.testing.assert_array_equal(got.numpy()[0, 0], [[False, True, True, True, False]])
+    got = pos.attention_matrix_for_slots(tf.constant(1), 3, tf.constant([[1, 1, 1, 1], [0, 0, 1, 1]]))
+    assert got.shape == (2, 1, 3, 4)
+    np.testing.assert_array_equal(got.numpy()[:, 0].astype(int), [
+        [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]],  # queries at slots 1, 2, 3
+        [[0, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]])  # same, pads at slots 0, 1
+
+
+def test_full_sequence_inputs():
+    ids, positions, mask = pos.full_sequence([[0, 4, 5]], [[0, 1, 1]])
+    assert ids.dtype == tf.int32
+    np.testing.assert_array_equal(ids, [[0, 4, 5]])
+    np.testing.assert_array_equal(positions, [[0, 0, 1]])
+    np.testing.assert_array_equal(mask.numpy()[0, 0].astype(int), [[0, 0, 0], [0, 1, 0], [0, 1, 1]])
+    assert pos.full_sequence(np.array([[4, 5]], np.int64))[0].dtype == tf.int32  # ids always int32
+    _, positions, mask = pos.full_sequence([[4, 5]])  # no mask: nothing is padding
+    np.testing.assert_array_equal(positions, [[0, 1]])
+    np.testing.assert_array_equal(mask.numpy()[0, 0].astype(int), [[1, 0], [1, 1]])
+
+
+def test_per_row_slots_and_masks():
+    # Row 0 has 2 real tokens in a width-3 prompt: slot 3 holds position 2.
+    np.testing.assert_array_equal(pos.slot_positions(tf.constant([[0, 1, 1], [1, 1, 1]]),
+                                                     tf.constant([[3, 5], [3, 4]])), [[2, 4], [3, 4]])
+    got = pos.attention_matrix_per_row(tf.constant([[1, 2], [3, 0]]), tf.constant([[1, 1, 1, 1], [0, 1, 1, 1]]))
+    assert got.dtype == tf.bool and got.shape == (2, 1, 2, 4)
+    np.testing.assert_array_equal(got.numpy()[:, 0].astype(int), [[[1, 1, 0, 0], [1, 1, 1, 0]],
+                                                                  [[0, 1, 1, 1], [0, 0, 0, 0]]])
+
+
+# ------------------------------------------------------------------- kv_cache
+
+
+def test_allocate_zero_cache_of_fixed_shape():
+    cache = kv_cache.allocate(3, 2, 4, 7, 5, tf.float16)
+    assert len(cache.keys) == len(cache.values) == 3
+    for t in cache.keys + cache.values:
+        assert t.shape == (2, 4, 7, 5) and t.dtype == tf.float16 and not t.numpy().any()
+    assert kv_cache.allocate(1, 1, 1, 2, 1).keys[0].dtype == tf.float32  # the default
+
+
+def test_write_puts_new_slots_at_the_cache_index_for_every_row():
+    cache = tf.zeros([2, 2, 5, 1])
+    new = tf.reshape(tf.range(1, 9, dtype=tf.float32), [2, 2, 2, 1])  # rows 1..4 and 5..8, 2 heads x 2 slots
+    out = kv_cache.write(cache, new, tf.constant(2)).numpy()[..., 0]
+    np.testing.assert_array_equal(out, [[[0, 0, 1, 2, 0], [0, 0, 3, 4, 0]], [[0, 0, 5, 6, 0], [0, 0, 7, 8, 0]]])
+    same = kv_cache.write(cache, new, np.int64(2)).numpy()[..., 0]  # any integer index is taken as int32
+    np.testing.assert_array_equal(same, out)
+    out = kv_cache.write(tf.ones([1, 1, 3, 2], tf.bfloat16), tf.constant([[[[7.0, 9.0]]]]), 0)
+    assert out.dtype == tf.bfloat16  # new is cast to the cache's dtype
+    np.testing.assert_array_equal(out.numpy().astype(np.float32), [[[[7, 9], [1, 1], [1, 1]]]])
+
+
+def test_write_rows_gives_each_row_its_own_slots():
+    cache = tf.fill([2, 2, 4, 1], -1.0)
+    new = tf.reshape(tf.range(1, 9, dtype=tf.float32), [2, 2, 2, 1])
+    for out in (kv_cache.write_rows(cache, new, tf.constant([0, 2])), kv_cache.write(cache, new, tf.constant([0, 2]))):
+        np.testing.assert_array_equal(out.numpy()[..., 0], [[[1, 2, -1, -1], [3, 4, -1, -1]],
+                                                            [[-1, -1, 5, 6], [-1, -1, 7, 8]]])
+    # batch 3, heads 2, one slot each: three different sizes, so no axis can stand in for another.
+    new = tf.reshape(tf.range(1, 7, dtype=tf.float32), [3, 2, 1, 1])
+    out = kv_cache.write_rows(tf.zeros([3, 2, 3, 1]), new, tf.constant([2, 0, 1])).numpy()[..., 0]
+    np.testing.assert_array_equal(out, [[[0, 0, 1], [0, 0, 2]], [[3, 0, 0], [4, 0, 0]], [[0, 5, 0], [0, 6, 0]]])
+
+
+# ------------------------------------------------------------------- sampling
+# An independent numpy transcription of the documented generator: lowbias32
+# (x ^= x >> 16; x *= 0x7FEB352D; x ^= x >> 15; x *= 0x846CA68B; x ^= x >> 16),
+# keys from (seed0 + golden, ^ seed1, ^ sample * golden), uniforms from the top
+# 24 bits, Gumbel-max.
+
+M32, GOLDEN = 0xFFFFFFFF, 0x9E3779B9
+
+
+def mix_ref(x: int) -> int:
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & M32
+    return x ^ (x >> 16)
+
+
+def key_ref(seed0: int, seed1: int, sample: int) -> int:
+    k = mix_ref((seed0 + GOLDEN) & M32)
+    k = mix_ref(k ^ (seed1 & M32))
+    return mix_ref(k ^ ((sample * GOLDEN) & M32))
+
+
+def uniform_ref(key: int, step: int, vocab: int) -> np.ndarray:
+    step_key = mix_ref(key ^ ((step * GOLDEN) & M32))
+    bits = [mix_ref(step_key ^ mix_ref((t * 0x85EBCA6B) & M32)) for t in range(vocab)]
+    return np.array([((b >> 8) + 0.5) / 2**24 for b in bits], np.float64)
+
+
+def test_mix_is_lowbias32():
+    for x in (0, 1, 2, 0x12345678, 0xDEADBEEF, M32):
+        assert int(sampling._mix(tf.constant([x], tf.uint32)).numpy()[0]) == mix_ref(x)
+
+
+def test_row_keys_and_uniforms_follow_the_documented_hash():
+    seeds = np.array([[0, 0], [1, 2], [-5, 7], [2**31 - 1, -(2**31)]], np.int32)
+    samples = np.array([0, 3, 1, 2], np.int32)
+    keys = sampling.row_keys(tf.constant(seeds), tf.constant(samples)).numpy()
+    want = [key_ref(int(a) & M32, int(b) & M32, int(s)) for (a, b), s in zip(seeds, samples)]
+    assert keys.tolist() == want
+    for step in (0, 1, 17):
+        u = sampling.uniform(tf.constant(keys), tf.constant(step), 6).numpy()
+        assert u.dtype == np.float32
+        np.testing.assert_array_equal(u, np.stack([uniform_ref(k, step, 6) for k in want]).astype(np.float32))
+
+
+def test_gumbel_sample_is_the_argmax_of_logits_plus_gumbel_noise():
+    keys = np.array([key_ref(3, 4, 0), key_ref(9, 9, 1)], np.uint32)
+    logits = np.array([[0.0, 1.0, -np.inf, 0.5, 2.0], [3.0, -1.0, 0.0, 0.0, -np.inf]], np.float32)
+    for step in range(6):
+        got = sampling.gumbel_sample(tf.constant(logits), tf.constant(keys), tf.constant(step)).numpy()
+        noise = np.stack([-np.log(-np.log(uniform_ref(int(k), step, 5).astype(np.float32))) for k in keys])
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, np.argmax(logits + noise, -1))
