@@ -129,27 +129,8 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
     k = min(max(2, 1 + num_eos_ids) * nb, nb * vocab)  # candidates per prompt per step
     flat_mask = tf.repeat(attention_mask, nb, axis=0)  # [b * nb, P]
 
-    # Prefill each prompt ONCE, then copy its cache and logits to its beams.
-    logits, cache, key_mask = prefill(model, input_ids, attention_mask, prompt_len + n)
-    cache = reorder_cache(cache, tf.repeat(tf.range(batch), nb))
-    logits = tf.repeat(logits, nb, axis=0)
-    key_mask = tf.repeat(key_mask, nb, axis=0)
+    state, key_mask = _initial_state(model, input_ids, attention_mask, options, n, nb)
     keys = sampling.row_keys(options.seeds[:batch], options.sample_index[:batch])
-
-    prompt = tf.concat([input_ids, tf.fill([batch, n], options.pad_token_id)], 1)
-    seqs = tf.repeat(prompt[:, tf.newaxis, :], nb, axis=1)
-    # Only beam 0 is live at the start (the others are copies): -1e9 keeps
-    # them from producing duplicate candidates.
-    first_live = tf.concat([tf.zeros([batch, 1]), tf.fill([batch, nb - 1], NEG)], 1)
-    state = BeamState(
-        step=tf.constant(0, tf.int32),
-        live_seqs=seqs, live_scores=first_live, live_token_scores=tf.zeros([batch, nb, n]),
-        finished_seqs=seqs, finished_scores=tf.fill([batch, nb], NEG),
-        finished_token_scores=tf.zeros([batch, nb, n]),
-        finished_flags=tf.zeros([batch, nb], tf.bool),
-        improvable=tf.ones([batch], tf.bool), all_candidates_hit=tf.constant(False),
-        logits=logits, cache=cache,
-    )
     slots = tf.range(prompt_len + n)
     prompt_slots = tf.cast(key_mask, tf.bool)  # [b * nb, L]
 
@@ -177,14 +158,7 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
         logprobs = tf.reshape(logprobs, [batch, nb * vocab])
 
         # 2. The K best candidates (or K sampled without replacement: Gumbel-top-k).
-        if do_sample:
-            noisy = totals - tf.math.log(-tf.math.log(sampling.uniform(keys, s.step, nb * vocab)))
-            cand = tf.math.top_k(noisy, k).indices
-            cand_scores = tf.gather(totals, cand, batch_dims=1)
-            order = tf.argsort(cand_scores, axis=-1, direction="DESCENDING", stable=True)
-            cand, cand_scores = gather_beams(cand, order), gather_beams(cand_scores, order)
-        else:
-            cand_scores, cand = tf.math.top_k(totals, k)
+        cand_scores, cand = _candidates(totals, k, keys if do_sample else None, s.step)
         parent = cand // vocab  # [b, K]
         token = cand % vocab
         cand_token_logprob = tf.gather(logprobs, cand, batch_dims=1)
@@ -203,20 +177,7 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
 
         # 4. Finished set: merge hypotheses that just ended (only among the top
         #    num_beams candidates) into the old finished set, keep the best nb.
-        just_finished = tf.logical_and(hits, tf.range(k)[tf.newaxis, :] < nb)
-        new_len = tf.cast(s.step + 1, tf.float32)
-        finished_cand = cand_scores / _length_power(new_len, options.length_penalty)
-        full = tf.logical_and(tf.reduce_all(s.finished_flags, axis=1), tf.equal(options.early_stopping, int(EarlyStopping.ON_FULL)))
-        finished_cand += tf.cast(full, tf.float32)[:, tf.newaxis] * NEG
-        finished_cand += tf.cast(tf.logical_not(s.improvable), tf.float32)[:, tf.newaxis] * NEG
-        finished_cand += tf.cast(tf.logical_not(just_finished), tf.float32) * NEG
-        merged_scores = tf.concat([s.finished_scores, finished_cand], 1)
-        best_finished = tf.math.top_k(merged_scores, nb).indices
-        finished_seqs = gather_beams(tf.concat([s.finished_seqs, cand_seqs], 1), best_finished)
-        finished_scores = gather_beams(merged_scores, best_finished)
-        finished_token_scores = gather_beams(tf.concat([s.finished_token_scores, cand_token_scores], 1),
-                                             best_finished)
-        finished_flags = gather_beams(tf.concat([s.finished_flags, just_finished], 1), best_finished)
+        finished = _merge_finished(s, cand_scores, cand_seqs, cand_token_scores, hits, options)
 
         # 5. Reorder the cache by parent beam (one gather) and run the model.
         flat_parent = tf.reshape(live_parent + tf.range(batch)[:, tf.newaxis] * nb, [-1])
@@ -225,17 +186,12 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
         logits, cache = model.step(last, pos.next_positions(flat_mask, s.step), cache, cur_len, key_mask)
 
         # 6. Can any live beam still beat the worst finished hypothesis?
-        best_len = tf.where(tf.logical_and(tf.equal(options.early_stopping, int(EarlyStopping.NEVER)), options.length_penalty > 0),
-                            options.max_new_tokens, s.step + 1)
-        best_possible = live_scores[:, 0] / _length_power(best_len, options.length_penalty)
-        worst_finished = tf.where(finished_flags, tf.reduce_min(finished_scores, axis=1, keepdims=True), NEG)
-        improvable = tf.logical_and(s.improvable,
-                                    tf.reduce_any(best_possible[:, tf.newaxis] > worst_finished, axis=1))
+        improvable = _still_improvable(s, live_scores, finished, options)
         return (BeamState(
             step=s.step + 1, live_seqs=live_seqs, live_scores=live_scores,
-            live_token_scores=live_token_scores, finished_seqs=finished_seqs,
-            finished_scores=finished_scores, finished_token_scores=finished_token_scores,
-            finished_flags=finished_flags, improvable=improvable,
+            live_token_scores=live_token_scores, finished_seqs=finished.seqs,
+            finished_scores=finished.scores, finished_token_scores=finished.token_scores,
+            finished_flags=finished.flags, improvable=improvable,
             all_candidates_hit=tf.reduce_all(hits), logits=logits, cache=cache),)
 
     (final,) = tf.while_loop(not_done, one_step, (state,), maximum_iterations=n)
@@ -243,3 +199,91 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
     return (tf.reshape(final.finished_seqs[:, :r], [batch * r, -1]),
             tf.reshape(final.finished_token_scores[:, :r], [batch * r, n]),
             tf.reshape(final.finished_scores[:, :r], [batch * r]))
+
+
+def _initial_state(model, input_ids, attention_mask, options, n: int, nb: int):
+    """Prefills each prompt ONCE and copies its cache and logits to its ``nb`` beams.
+
+    Returns ``(BeamState, key_mask int32 [b * nb, P + n])``. Only beam 0 of a
+    prompt is live at the start (the others are copies, scored -1e9 so they
+    produce no duplicate candidates); the finished set is empty.
+    """
+    batch, prompt_len = input_ids.shape
+    logits, cache, key_mask = prefill(model, input_ids, attention_mask, prompt_len + n)
+    cache = reorder_cache(cache, tf.repeat(tf.range(batch), nb))
+    prompt = tf.concat([input_ids, tf.fill([batch, n], options.pad_token_id)], 1)
+    seqs = tf.repeat(prompt[:, tf.newaxis, :], nb, axis=1)
+    first_live = tf.concat([tf.zeros([batch, 1]), tf.fill([batch, nb - 1], NEG)], 1)
+    state = BeamState(
+        step=tf.constant(0, tf.int32),
+        live_seqs=seqs, live_scores=first_live, live_token_scores=tf.zeros([batch, nb, n]),
+        finished_seqs=seqs, finished_scores=tf.fill([batch, nb], NEG),
+        finished_token_scores=tf.zeros([batch, nb, n]),
+        finished_flags=tf.zeros([batch, nb], tf.bool),
+        improvable=tf.ones([batch], tf.bool), all_candidates_hit=tf.constant(False),
+        logits=tf.repeat(logits, nb, axis=0), cache=cache,
+    )
+    return state, tf.repeat(key_mask, nb, axis=0)
+
+
+class _Finished(NamedTuple):
+    """The finished set after one step (see :class:`BeamState`)."""
+
+    seqs: tf.Tensor  # int32 [b, nb, L]
+    scores: tf.Tensor  # float32 [b, nb]
+    token_scores: tf.Tensor  # float32 [b, nb, N]
+    flags: tf.Tensor  # bool [b, nb]
+
+
+def _candidates(totals, k: int, keys, step):
+    """The ``k`` best of ``totals`` float32 ``[b, nb * V]``, or (``keys`` given) ``k`` sampled.
+
+    Sampling draws ``k`` without replacement by Gumbel-top-k on the stateless
+    noise of ``keys`` at ``step``, then orders them by score (stable).
+    Returns ``(scores float32 [b, k], flat indices int32 [b, k])``, best first.
+    """
+    if keys is None:
+        return tf.math.top_k(totals, k)
+    noisy = totals - tf.math.log(-tf.math.log(sampling.uniform(keys, step, totals.shape[-1])))
+    cand = tf.math.top_k(noisy, k).indices
+    cand_scores = tf.gather(totals, cand, batch_dims=1)
+    order = tf.argsort(cand_scores, axis=-1, direction="DESCENDING", stable=True)
+    return gather_beams(cand_scores, order), gather_beams(cand, order)
+
+
+def _merge_finished(s: BeamState, cand_scores, cand_seqs, cand_token_scores, hits, options) -> _Finished:
+    """Hypotheses that just ended (only among the top ``nb`` candidates) join the finished set.
+
+    A candidate enters with its length-penalised score, unless its prompt's
+    set is full under ``early_stopping=True`` or can no longer improve; the
+    best ``nb`` of old and new are kept. ``cand_*``: ``[b, K, ...]``, ``hits`` bool ``[b, K]``.
+    """
+    nb = s.finished_flags.shape[1]
+    just_finished = tf.logical_and(hits, tf.range(hits.shape[1])[tf.newaxis, :] < nb)
+    finished_cand = cand_scores / _length_power(s.step + 1, options.length_penalty)
+    full = tf.logical_and(tf.reduce_all(s.finished_flags, axis=1),
+                          tf.equal(options.early_stopping, int(EarlyStopping.ON_FULL)))
+    finished_cand += tf.cast(full, tf.float32)[:, tf.newaxis] * NEG
+    finished_cand += tf.cast(tf.logical_not(s.improvable), tf.float32)[:, tf.newaxis] * NEG
+    finished_cand += tf.cast(tf.logical_not(just_finished), tf.float32) * NEG
+    merged_scores = tf.concat([s.finished_scores, finished_cand], 1)
+    best = tf.math.top_k(merged_scores, nb).indices
+    return _Finished(
+        seqs=gather_beams(tf.concat([s.finished_seqs, cand_seqs], 1), best),
+        scores=gather_beams(merged_scores, best),
+        token_scores=gather_beams(tf.concat([s.finished_token_scores, cand_token_scores], 1), best),
+        flags=gather_beams(tf.concat([s.finished_flags, just_finished], 1), best))
+
+
+def _still_improvable(s: BeamState, live_scores, finished: _Finished, options):
+    """bool ``[b]``: can a prompt's best live beam still beat its worst finished hypothesis?
+
+    The live beam's best possible final score is its score at the current
+    length, or (``early_stopping="never"`` with ``length_penalty > 0``) at the
+    maximum length, as in transformers.
+    """
+    at_max = tf.logical_and(tf.equal(options.early_stopping, int(EarlyStopping.NEVER)), options.length_penalty > 0)
+    best_len = tf.where(at_max, options.max_new_tokens, s.step + 1)
+    best_possible = live_scores[:, 0] / _length_power(best_len, options.length_penalty)
+    worst_finished = tf.where(finished.flags, tf.reduce_min(finished.scores, axis=1, keepdims=True), NEG)
+    return tf.logical_and(s.improvable, tf.reduce_any(best_possible[:, tf.newaxis] > worst_finished, axis=1))
