@@ -159,7 +159,8 @@ def card_section(result: dict, before: dict | None) -> str:
     rows = [("held-out cross-entropy (nats/token, validation plays)", "val_cross_entropy_nats"),
             ("degenerate samples", "degenerate_rate"), ("distinct-2 (word bigrams)", "distinct_2"),
             ("generated lines repeating an earlier line", "repeated_line_share")]
-    head = "| metric | this model |" + (" previous model (v1) |" if before else "")
+    name = before.get("version", "previous model") if before else ""
+    head = "| metric | this model |" + (f" {name} |" if before else "")
     lines = [CARD_BEGIN, head, "|---|---|" + ("---|" if before else "")]
     for label, key in rows:
         def cell(r):
@@ -194,7 +195,8 @@ def main(argv=None) -> None:
     p.add_argument("checkpoint", nargs="?", default=str(REPO / "models" / "gpt2-shakespeare"))
     p.add_argument("--data", default=str(REPO / "data" / "shakespeare"), help="folder with val.bin ('' = skip)")
     p.add_argument("--samples", type=int, default=256)
-    p.add_argument("--before", default=None, help="quality JSON of the previous model, for the card's table")
+    p.add_argument("--before", default=None, help="quality JSON of the previous model, for the card's table (its optional "
+                        "\"version\" key names the column)")
     p.add_argument("--write", action="store_true", help="write quality.json and the card's quality section")
     args = p.parse_args(argv)
     result = measure(Path(args.checkpoint), Path(args.data) if args.data else None, args.samples)
