@@ -227,6 +227,9 @@ def test_cli_needs_exactly_one_of_prompt_or_input(capsys):
 # lands mid-job by construction, however busy the machine.
 _INTERRUPTIBLE_CLI = """
 import signal, sys
+# A job started in the background by a shell without job control inherits SIGINT
+# ignored, and Python then installs no KeyboardInterrupt handler: restore it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from xladecode import lm
 generate = lm.LanguageModel.generate
 calls = []
