@@ -20,7 +20,7 @@ import torch
 import transformers
 
 import xladecode
-from xladecode import processors, stop_strings
+from xladecode import sequence_bias, stop_strings
 from xladecode.lm import LanguageModel
 
 PROMPTS = np.array([[3, 14, 15, 9, 2, 6], [27, 1, 8, 8, 30, 12]], np.int32)  # no padding: HF needs none
@@ -220,7 +220,7 @@ def test_options_that_are_off_are_not_traced(tiny_dir, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("traced although off")
 
-    monkeypatch.setattr(processors, "sequence_bias", refuse)
+    monkeypatch.setattr(sequence_bias, "sequence_bias", refuse)
     monkeypatch.setattr(stop_strings, "stop_string_hit", refuse)
     lm = xladecode.load(tiny_dir)
     for strategy in (dict(), dict(do_sample=True), dict(num_beams=2)):

@@ -22,7 +22,8 @@ from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from transformers.generation import logits_process as hf
 
-from xladecode import processors as P
+from xladecode import sequence_bias as SB
+from xladecode import truncation as T
 from xladecode.decoding import DecodeOptions, warp_logits
 
 B, L, V = 3, 12, 17
@@ -38,13 +39,13 @@ def _per_keep(fn):
     return {keep: ThreeWays(functools.partial(fn, min_tokens_to_keep=keep)) for keep in KEEPS}
 
 
-MIN_P = _per_keep(P.min_p)
-TYPICAL = _per_keep(P.typical_p)
-EPSILON = _per_keep(P.epsilon_cutoff)
-ETA = _per_keep(P.eta_cutoff)
-TRUNCATE = ThreeWays(P.truncate)
-BIAS = ThreeWays(P.sequence_bias)
-RENORM = ThreeWays(P.renormalize_logits)
+MIN_P = _per_keep(T.min_p)
+TYPICAL = _per_keep(T.typical_p)
+EPSILON = _per_keep(T.epsilon_cutoff)
+ETA = _per_keep(T.eta_cutoff)
+TRUNCATE = ThreeWays(T.truncate)
+BIAS = ThreeWays(SB.sequence_bias)
+RENORM = ThreeWays(T.renormalize_logits)
 
 
 def reference(processor, logits, input_ids=None):
@@ -192,7 +193,7 @@ def test_min_tokens_to_keep_keeps_the_whole_tie_group():
     # we keep both (as our top_k does).
     logits = np.full((B, V), -5.0, np.float32)
     logits[:, :3] = [3.0, 2.0, 2.0]
-    keep2 = ThreeWays(functools.partial(P.min_p, min_tokens_to_keep=2))
+    keep2 = ThreeWays(functools.partial(T.min_p, min_tokens_to_keep=2))
     for out in keep2(logits, np.float32(0.9)):
         assert np.isfinite(out[:, :3]).all() and np.isneginf(out[:, 3:]).all()
     ref = reference(hf.MinPLogitsWarper(0.9, min_tokens_to_keep=2), logits)
@@ -242,7 +243,7 @@ def test_truncate_chain_matches_transformers_order(logits, min_p, typical, epsil
 
 
 _WARP_THEN_TRUNCATE = tf.function(
-    lambda logits, options, values: P.truncate(warp_logits(logits, options), *values), jit_compile=True)
+    lambda logits, options, values: T.truncate(warp_logits(logits, options), *values), jit_compile=True)
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
@@ -293,7 +294,7 @@ def prefixes(draw, alphabet=4):
 @given(logits_st(), prefixes(), SEQUENCES)
 def test_sequence_bias_matches_transformers(logits, prefix, biases):
     tokens, mask, cur_len = prefix
-    ids, lengths, values = P.pack_sequence_bias(biases, V, num_sequences=N_SEQ, max_sequence_len=SEQ_LEN)
+    ids, lengths, values = SB.pack_sequence_bias(biases, V, num_sequences=N_SEQ, max_sequence_len=SEQ_LEN)
     outs = BIAS(logits, tokens, mask, cur_len, ids, lengths, values)
     proc = hf.SequenceBiasLogitsProcessor({k: float(v) for k, v in biases.items()})
     ref = reference(proc, logits, tokens[:, :cur_len])
@@ -313,7 +314,7 @@ def test_sequence_bias_ignores_left_padding(logits, biases, data):
     mask = np.zeros((B, L), bool)
     for row, count in enumerate(counts):
         mask[row, cur_len - count:cur_len] = True
-    ids, lengths, values = P.pack_sequence_bias(biases, V, num_sequences=N_SEQ, max_sequence_len=SEQ_LEN)
+    ids, lengths, values = SB.pack_sequence_bias(biases, V, num_sequences=N_SEQ, max_sequence_len=SEQ_LEN)
     outs = BIAS(logits, tokens, mask, cur_len, ids, lengths, values)
     proc = hf.SequenceBiasLogitsProcessor({k: float(v) for k, v in biases.items()})
     for row, count in enumerate(counts):
@@ -323,16 +324,16 @@ def test_sequence_bias_ignores_left_padding(logits, biases, data):
 
 
 def test_sequence_bias_sums_biases_on_the_same_last_token():
-    ids, lengths, values = P.pack_sequence_bias([[[2], 1.0], [[1, 2], 0.5], [[3, 1, 2], 0.25]], 5)
+    ids, lengths, values = SB.pack_sequence_bias([[[2], 1.0], [[1, 2], 0.5], [[3, 1, 2], 0.25]], 5)
     tokens = np.array([[3, 1, 0], [0, 1, 0]], np.int32)
     mask = np.array([[True, True, False]] * 2)
-    out = P.sequence_bias(np.zeros((2, 5), np.float32), tokens, mask, 2, ids, lengths, values).numpy()
+    out = SB.sequence_bias(np.zeros((2, 5), np.float32), tokens, mask, 2, ids, lengths, values).numpy()
     np.testing.assert_array_equal(out, [[0, 0, 1.75, 0, 0], [0, 0, 1.5, 0, 0]])
 
 
 def test_pack_sequence_bias_forms_and_padding():
     # The list form, later duplicates winning, as transformers' dict conversion does.
-    ids, lengths, values = P.pack_sequence_bias([[[1, 2], 1.0], [[1, 2], -2.0], [[4], 3]], 5,
+    ids, lengths, values = SB.pack_sequence_bias([[[1, 2], 1.0], [[1, 2], -2.0], [[4], 3]], 5,
                                                 num_sequences=4, max_sequence_len=3)
     assert ids.tolist() == [[1, 2, 0], [4, 0, 0], [0, 0, 0], [0, 0, 0]]
     assert lengths.tolist() == [2, 1, 0, 0] and values.tolist() == [-2.0, 3.0, 0.0, 0.0]
@@ -354,14 +355,14 @@ def test_pack_sequence_bias_forms_and_padding():
 ])
 def test_pack_sequence_bias_rejects_bad_input(value, match):
     with pytest.raises(ValueError, match=match):
-        P.pack_sequence_bias(value, 5)
+        SB.pack_sequence_bias(value, 5)
 
 
 def test_pack_sequence_bias_shape_limits():
     with pytest.raises(ValueError, match="num_sequences=1"):
-        P.pack_sequence_bias({(1,): 1.0, (2,): 1.0}, 5, num_sequences=1)
+        SB.pack_sequence_bias({(1,): 1.0, (2,): 1.0}, 5, num_sequences=1)
     with pytest.raises(ValueError, match="max_sequence_len=1"):
-        P.pack_sequence_bias({(1, 2): 1.0}, 5, max_sequence_len=1)
+        SB.pack_sequence_bias({(1, 2): 1.0}, 5, max_sequence_len=1)
 
 
 # ---------------------------------------------------------------------------

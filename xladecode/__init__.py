@@ -15,6 +15,7 @@ Where things live:
 * ``decoding.py``    greedy / sampling ``tf.while_loop``
 * ``beam_search.py`` beam search with masked finished beams
 * ``processors.py``  logits processors and sampling warpers
+* ``sequence_bias.py``, ``truncation.py``  sequence bias; min-p / typical / epsilon / eta, renormalisation
 * ``sampling.py``    stateless counter-based RNG and Gumbel-max sampling
 * ``options.py``     every decoding option, defined once (``GenerationOptions``)
 * ``plan.py``        the one shape rule and the one place filler rows are made

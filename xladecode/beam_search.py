@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from . import positions as pos
 from . import sampling
-from . import processors
+from . import truncation
 from .decoding import DecodeOptions, end_on_stop_strings, prefill, process_logits, warp_logits
 from .options import EarlyStopping
 from .protocol import Cache, DecoderModel
@@ -151,7 +151,7 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
                                   s.step, options)
         if do_sample:  # at least one non-EOS token survives truncation, as in transformers
             logprobs = warp_logits(logprobs, options, min_tokens_to_keep=num_eos_ids + 1)
-        logprobs = tf.cond(options.renormalize_logits, lambda: processors.renormalize_logits(logprobs),
+        logprobs = tf.cond(options.renormalize_logits, lambda: truncation.renormalize_logits(logprobs),
                            lambda: logprobs)  # the last processor, as in transformers
         logprobs = tf.reshape(logprobs, [batch, nb, vocab])
         totals = tf.reshape(logprobs + s.live_scores[:, :, tf.newaxis], [batch, nb * vocab])

@@ -37,7 +37,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
 from . import positions as pos
-from . import processors, sampling, stop_strings
+from . import processors, sampling, sequence_bias, stop_strings, truncation
 from .protocol import Cache, DecoderModel
 
 
@@ -71,7 +71,7 @@ class DecodeOptions(NamedTuple):
     epsilon_cutoff: tf.Tensor  # float32 []: 0 = off
     eta_cutoff: tf.Tensor  # float32 []: 0 = off
     renormalize_logits: tf.Tensor  # bool []: log-softmax at the end of the chain (beam search)
-    # sequence_bias, packed like bad words (processors.pack_sequence_bias); zero rows = off.
+    # sequence_bias, packed like bad words (sequence_bias.pack_sequence_bias); zero rows = off.
     sequence_bias_ids: tf.Tensor  # int32 [n_seqs, max_len], right-padded
     sequence_bias_lengths: tf.Tensor  # int32 [n_seqs]
     sequence_bias_values: tf.Tensor  # float32 [n_seqs]
@@ -109,7 +109,7 @@ class DecodeOptions(NamedTuple):
 
 def sequence_bias_fields(packed) -> dict:
     """The ``sequence_bias_*`` fields of :class:`DecodeOptions` from
-    ``processors.pack_sequence_bias``'s ``(ids, lengths, biases)``; None = off."""
+    ``sequence_bias.pack_sequence_bias``'s ``(ids, lengths, biases)``; None = off."""
     if packed is None:
         packed = (np.zeros([0, 1], np.int32), np.zeros([0], np.int32), np.zeros([0], np.float32))
     ids, lengths, biases = packed
@@ -183,7 +183,7 @@ def process_logits(logits, tokens, token_mask, cur_len, step, options: DecodeOpt
     """
     o = options
     if o.sequence_bias_ids.shape[0] != 0:  # first, as in transformers; zero sequences trace nothing
-        logits = processors.sequence_bias(logits, tokens, token_mask, cur_len, o.sequence_bias_ids,
+        logits = sequence_bias.sequence_bias(logits, tokens, token_mask, cur_len, o.sequence_bias_ids,
                                           o.sequence_bias_lengths, o.sequence_bias_values)
     logits = _when(o.repetition_penalty != 1.0, logits, lambda x: processors.repetition_penalty(
         x, tokens, token_mask, o.repetition_penalty))
@@ -210,7 +210,7 @@ TOP_K_FAST_PATH = 256
 
 def warp_logits(logits, options: DecodeOptions, min_tokens_to_keep: int = 1):
     """Sampling warpers: temperature, top-k, top-p, then min-p, typical, epsilon, eta
-    (transformers' order; the last four are ``processors.truncate``).
+    (transformers' order; the last four are ``truncation.truncate``).
 
     ``min_tokens_to_keep``: Python int, the truncation warpers' floor (1 when
     sampling; beam sampling passes the number of EOS ids + 1, as transformers).
@@ -259,7 +259,7 @@ def warp_logits(logits, options: DecodeOptions, min_tokens_to_keep: int = 1):
     logits = tf.cond(filters_off, lambda: logits,
                      lambda: tf.cond(fast, on_top_candidates, on_full_vocabulary))
     o = options
-    return processors.truncate(logits, o.min_p, o.typical_p, o.epsilon_cutoff, o.eta_cutoff, min_tokens_to_keep)
+    return truncation.truncate(logits, o.min_p, o.typical_p, o.epsilon_cutoff, o.eta_cutoff, min_tokens_to_keep)
 
 
 def choose_tokens(processed, options: DecodeOptions, keys, step, do_sample: bool):

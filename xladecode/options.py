@@ -269,10 +269,10 @@ def _check_one(name: str, value, spec: Spec, limits: dict, vocab_size: int):
     if spec.kind == "words":
         return None if value is None else validation.token_sequences(name, value, vocab_size)
     if spec.kind == "bias":
-        from . import processors  # imported late: --help needs options, not TensorFlow
+        from .sequence_bias import sequence_bias_pairs  # imported late: --help needs options, not TensorFlow
 
         return None if value is None else [[list(ids), bias] for ids, bias in
-                                           processors.sequence_bias_pairs(value, vocab_size)]
+                                           sequence_bias_pairs(value, vocab_size)]
     if spec.kind == "strings":
         from . import stop_strings
 
@@ -318,7 +318,7 @@ def decode_options(checked: GenerationOptions, vocab_size: int, seeds: np.ndarra
       bad_words: ``(ids int32 [n_words, max_len], lengths int32 [n_words])``
         from ``processors.pack_bad_words``.
       sequence_bias: ``(ids, lengths, biases)`` from
-        ``processors.pack_sequence_bias``; None = off (zero rows).
+        ``sequence_bias.pack_sequence_bias``; None = off (zero rows).
       stop_tables: ``stop_strings.StopStringTables``; None = off (zero strings).
 
     Returns:

@@ -81,13 +81,14 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def _is_token_id(value) -> bool:
+def is_token_id(value) -> bool:
     """True for Python/NumPy integers, but not for bools (``True`` is an int)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_vocab_size(vocab_size) -> int:
-    if not _is_token_id(vocab_size) or vocab_size <= 0:
+def check_vocab_size(vocab_size) -> int:
+    """``vocab_size`` as a Python int; ``ValueError`` unless it is a positive integer."""
+    if not is_token_id(vocab_size) or vocab_size <= 0:
         raise ValueError(f"`vocab_size` has to be a positive integer, but is {vocab_size!r}.")
     return int(vocab_size)
 
@@ -115,16 +116,16 @@ def vocab_mask_from_ids(ids, vocab_size: int, *, name: str = "ids") -> np.ndarra
       >>> vocab_mask_from_ids([3, 1], vocab_size=5).tolist()
       [False, True, False, True, False]
     """
-    vocab_size = _check_vocab_size(vocab_size)
+    vocab_size = check_vocab_size(vocab_size)
     if ids is None:
         ids = []
-    elif _is_token_id(ids):
+    elif is_token_id(ids):
         ids = [ids]
     elif isinstance(ids, np.ndarray):
         ids = ids.reshape(-1).tolist()
     mask = np.zeros([vocab_size], dtype=bool)
     for token_id in ids:
-        if not _is_token_id(token_id):
+        if not is_token_id(token_id):
             raise ValueError(f"`{name}` must contain integer token ids, but contains {token_id!r}.")
         if not 0 <= token_id < vocab_size:
             raise ValueError(
@@ -200,7 +201,7 @@ def pack_bad_words(
       >>> ids.tolist(), lengths.tolist()
       ([[3, 0], [1, 2]], [1, 2])
     """
-    vocab_size = _check_vocab_size(vocab_size)
+    vocab_size = check_vocab_size(vocab_size)
     if not isinstance(bad_words_ids, (list, tuple)) or len(bad_words_ids) == 0:
         raise ValueError(
             f"`bad_words_ids` has to be a non-empty list of lists of token ids, but is {bad_words_ids!r}."
@@ -219,7 +220,7 @@ def pack_bad_words(
                 f"token id in the range [0, {vocab_size})."
             )
         for token_id in word:
-            if not _is_token_id(token_id):
+            if not is_token_id(token_id):
                 raise ValueError(
                     f"`bad_words_ids` must contain integer token ids, but word {index} contains {token_id!r}."
                 )
@@ -256,12 +257,12 @@ def pack_bad_words(
 # ---------------------------------------------------------------------------
 
 
-def _neg_inf(logits: tf.Tensor) -> tf.Tensor:
+def neg_inf(logits: tf.Tensor) -> tf.Tensor:
     """A scalar ``-inf`` of the logits' dtype, the value of a banned token."""
     return tf.constant(-np.inf, dtype=logits.dtype)
 
 
-def _per_row(cur_len, tokens: tf.Tensor) -> tf.Tensor:
+def per_row(cur_len, tokens: tf.Tensor) -> tf.Tensor:
     """``cur_len`` (scalar or ``[B]``) as int32 ``[B]``: one written length per row."""
     return tf.broadcast_to(tf.convert_to_tensor(cur_len, tf.int32), tf.shape(tokens)[:1])
 
@@ -382,7 +383,7 @@ def no_repeat_ngram(logits, tokens, token_mask, cur_len, ngram_size):
     logits = tf.convert_to_tensor(logits)
     tokens = tf.convert_to_tensor(tokens, tf.int32)
     token_mask = tf.convert_to_tensor(token_mask, tf.bool)
-    cur_len = _per_row(cur_len, tokens)
+    cur_len = per_row(cur_len, tokens)
     n = tf.convert_to_tensor(ngram_size, tf.int32)
     length = tf.shape(tokens)[1]
     last_slot = length - 1
@@ -408,7 +409,7 @@ def no_repeat_ngram(logits, tokens, token_mask, cur_len, ngram_size):
 
     _, matches = tf.while_loop(not_done, compare_offset, (tf.constant(1), window_ok))
     banned = _ids_to_vocab_mask(tokens, matches, tf.shape(logits)[-1])
-    return tf.where(banned, _neg_inf(logits), logits)
+    return tf.where(banned, neg_inf(logits), logits)
 
 
 def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_lengths):
@@ -447,7 +448,7 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
     logits = tf.convert_to_tensor(logits)
     tokens = tf.convert_to_tensor(tokens, tf.int32)
     token_mask = tf.convert_to_tensor(token_mask, tf.bool)
-    cur_len = _per_row(cur_len, tokens)
+    cur_len = per_row(cur_len, tokens)
     word_ids = tf.convert_to_tensor(bad_words_ids, tf.int32)
     lengths = tf.convert_to_tensor(bad_words_lengths, tf.int32)
     last_slot = tf.shape(tokens)[1] - 1
@@ -473,7 +474,7 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
     banned = _ids_to_vocab_mask(
         tf.broadcast_to(last_token[None, :], tf.shape(matches)), matches, tf.shape(logits)[-1]
     )
-    return tf.where(banned, _neg_inf(logits), logits)
+    return tf.where(banned, neg_inf(logits), logits)
 
 
 def min_new_tokens(logits, step, min_new, eos_mask):
@@ -502,7 +503,7 @@ def min_new_tokens(logits, step, min_new, eos_mask):
     logits = tf.convert_to_tensor(logits)
     too_early = _column(step) < tf.convert_to_tensor(min_new, tf.int32)  # [1 or B, 1]
     block = too_early & tf.convert_to_tensor(eos_mask, tf.bool)[None, :]
-    return tf.where(block, _neg_inf(logits), logits)
+    return tf.where(block, neg_inf(logits), logits)
 
 
 def suppress_tokens(logits, suppress_mask):
@@ -524,7 +525,7 @@ def suppress_tokens(logits, suppress_mask):
     """
     logits = tf.convert_to_tensor(logits)
     mask = tf.convert_to_tensor(suppress_mask, tf.bool)[None, :]
-    return tf.where(mask, _neg_inf(logits), logits)
+    return tf.where(mask, neg_inf(logits), logits)
 
 
 def forced_eos(logits, step, max_new_tokens, eos_mask):
@@ -559,7 +560,7 @@ def forced_eos(logits, step, max_new_tokens, eos_mask):
     logits = tf.convert_to_tensor(logits)
     last_step = _column(step) == tf.convert_to_tensor(max_new_tokens, tf.int32) - 1  # [1 or B, 1]
     eos = tf.convert_to_tensor(eos_mask, tf.bool)[None, :]
-    only_eos = tf.where(eos, tf.zeros([], logits.dtype), _neg_inf(logits))
+    only_eos = tf.where(eos, tf.zeros([], logits.dtype), neg_inf(logits))
     return tf.where(last_step, tf.broadcast_to(only_eos, tf.shape(logits)), logits)
 
 
@@ -617,7 +618,7 @@ def top_k(logits, k):
     kth = tf.clip_by_value(k, 1, vocab_size) - 1
     threshold = tf.gather(descending, kth, axis=1)[:, None]  # [B, 1]
     keep = (k <= 0) | (logits >= threshold)
-    return tf.where(keep, logits, _neg_inf(logits))
+    return tf.where(keep, logits, neg_inf(logits))
 
 
 def top_p(logits, p):
@@ -666,431 +667,4 @@ def top_p(logits, p):
     removed = tf.minimum(removed, vocab_size - 1)  # always keep the top token
     threshold = tf.gather(ascending, removed, batch_dims=1)[:, None]  # [B, 1]
     keep = (p >= 1) | (logits >= threshold)
-    return tf.where(keep, logits, _neg_inf(logits))
-
-
-# ---------------------------------------------------------------------------
-# Newer samplers (issue 16): sequence bias, min-p, typical, epsilon and eta
-# sampling, renormalisation.
-#
-# Where transformers applies them (``GenerationMixin._get_logits_processor``):
-#
-# * ``sequence_bias`` is the FIRST processor, before repetition penalty; it
-#   runs for every strategy.
-# * the truncation warpers run only when sampling, after temperature, top-k
-#   and top-p, in the order min-p, typical, epsilon, eta (``truncate`` below);
-# * ``renormalize_logits`` is the very LAST step, after the warpers.
-#
-# ``min_tokens_to_keep`` is a Python int here (a compile key), because
-# transformers derives it from compile keys too: 1 when sampling, and
-# ``len(eos_token_id) + 1`` for beam sampling.  It lets the "keep the best n"
-# rule use ``tf.math.top_k`` with a static ``n`` (a partial sort) instead of
-# sorting the whole vocabulary.  Where transformers keeps exactly n tokens
-# with ``torch.topk`` we keep every token tied with the n-th best, as
-# ``top_k`` does; without exact ties the two agree.
-# ---------------------------------------------------------------------------
-
-
-def pack_sequence_bias(
-    sequence_bias,
-    vocab_size: int,
-    *,
-    num_sequences: int | None = None,
-    max_sequence_len: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate a sequence-bias mapping and pack it into fixed arrays.
-
-    Same layout as ``pack_bad_words`` (ids right-padded with 0, true lengths,
-    rows of length 0 inactive) plus one bias per row, so a padded
-    ``num_sequences`` x ``max_sequence_len`` shape serves many mappings with
-    one compiled graph.
-
-    Args:
-      sequence_bias: a dict ``{(id, id, ...): bias}`` or transformers' list
-        form ``[[[id, id, ...], bias], ...]`` (later duplicates win, as in
-        transformers).  A bias is a real number; ``-inf`` bans the sequence's
-        last token, NaN and ``+inf`` are rejected.
-      vocab_size: Python int; every id must be in ``[0, vocab_size)``.
-      num_sequences: optional number of rows to pad to.
-      max_sequence_len: optional number of columns to pad to.
-
-    Returns:
-      ``(ids, lengths, biases)``: np.int32 ``[N, M]``, np.int32 ``[N]``,
-      np.float32 ``[N]``.
-
-    Raises:
-      ValueError: naming ``sequence_bias`` for an empty mapping, an empty or
-        non-integer sequence, an id outside the vocabulary, a bad bias, or
-        when the sequences do not fit the requested shape.
-
-    Example:
-      >>> ids, lengths, biases = pack_sequence_bias({(3,): -1.0, (1, 2): 2.5}, vocab_size=5)
-      >>> ids.tolist(), lengths.tolist(), biases.tolist()
-      ([[3, 0], [1, 2]], [1, 2], [-1.0, 2.5])
-    """
-    merged = dict(sequence_bias_pairs(sequence_bias, vocab_size))
-    longest = max(len(sequence) for sequence in merged)
-    rows = len(merged) if num_sequences is None else num_sequences
-    cols = longest if max_sequence_len is None else max_sequence_len
-    if rows < len(merged) or cols < longest:
-        raise ValueError(
-            f"`sequence_bias` has {len(merged)} sequences of up to {longest} tokens, more than fit "
-            f"num_sequences={num_sequences}, max_sequence_len={max_sequence_len}."
-        )
-    ids = np.zeros([rows, cols], dtype=np.int32)
-    lengths = np.zeros([rows], dtype=np.int32)
-    biases = np.zeros([rows], dtype=np.float32)
-    for row, (sequence, bias) in enumerate(merged.items()):
-        ids[row, : len(sequence)] = sequence
-        lengths[row] = len(sequence)
-        biases[row] = bias
-    return ids, lengths, biases
-
-
-def sequence_bias_pairs(sequence_bias, vocab_size: int) -> list[tuple[tuple[int, ...], float]]:
-    """Validate ``sequence_bias`` (either form of :func:`pack_sequence_bias`) into
-    ``(token-id tuple, bias)`` pairs, one per distinct sequence, later duplicates winning.
-
-    Raises:
-      ValueError: as :func:`pack_sequence_bias`.
-    """
-    vocab_size = _check_vocab_size(vocab_size)
-    merged = {}
-    for index, (sequence, bias) in enumerate(_sequence_bias_pairs(sequence_bias)):
-        merged[_checked_sequence(sequence, index, vocab_size)] = _checked_bias(bias, index)
-    return list(merged.items())
-
-
-def _sequence_bias_pairs(sequence_bias) -> list:
-    """The ``(sequence, bias)`` pairs of either accepted form, in order."""
-    if isinstance(sequence_bias, dict) and sequence_bias:
-        return list(sequence_bias.items())
-    if isinstance(sequence_bias, (list, tuple)) and sequence_bias:
-        for index, pair in enumerate(sequence_bias):
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise ValueError(
-                    f"`sequence_bias` element {index} is {pair!r}; expected a pair [token_ids, bias]."
-                )
-        return [tuple(pair) for pair in sequence_bias]
-    raise ValueError(
-        f"`sequence_bias` has to be a non-empty dict {{(token ids): bias}} or a non-empty list of "
-        f"[token_ids, bias] pairs, but is {sequence_bias!r}."
-    )
-
-
-def _checked_sequence(sequence, index: int, vocab_size: int) -> tuple:
-    if isinstance(sequence, np.ndarray):
-        sequence = sequence.tolist()
-    if _is_token_id(sequence):
-        sequence = (sequence,)
-    if not isinstance(sequence, (list, tuple)) or len(sequence) == 0:
-        raise ValueError(
-            f"`sequence_bias` sequence {index} is {sequence!r}; expected a non-empty tuple of token ids."
-        )
-    for token_id in sequence:
-        if not _is_token_id(token_id) or not 0 <= token_id < vocab_size:
-            raise ValueError(
-                f"`sequence_bias` sequence {index} contains {token_id!r}, but ids must be integers in "
-                f"the range [0, {vocab_size}) for vocab_size={vocab_size}."
-            )
-    return tuple(int(t) for t in sequence)
-
-
-def _checked_bias(bias, index: int) -> float:
-    if isinstance(bias, (bool, np.bool_)) or not isinstance(bias, (int, float, np.integer, np.floating)):
-        raise ValueError(f"`sequence_bias` bias {index} is {bias!r}; expected a real number.")
-    bias = float(bias)
-    if np.isnan(bias) or bias == np.inf:
-        raise ValueError(f"`sequence_bias` bias {index} is {bias!r}; expected a real number or -inf.")
-    return bias
-
-
-def sequence_bias(logits, tokens, token_mask, cur_len, bias_ids, bias_lengths, biases):
-    """Add a bias to the last token of every sequence the row is about to complete.
-
-    ``SequenceBiasLogitsProcessor`` semantics: a one-token sequence is always
-    biased; a sequence ``w`` of ``l > 1`` tokens adds its bias to
-    ``logits[w[l-1]]`` when the row's last ``l - 1`` valid tokens equal
-    ``w[:l-1]``.  Biases of different sequences ending in the same token add
-    up.  Build the arrays with ``pack_sequence_bias``; rows of length 0 are
-    inactive.  The matching is the one of ``bad_words`` (same static tables);
-    only the action differs: add a bias instead of ``-inf``.
-
-    One documented difference: transformers matches against ``input_ids``
-    including left padding; we only look at valid tokens (``token_mask``), so
-    a prefix can never be "completed" by pad tokens.  Without padding the two
-    agree.
-
-    Args:
-      logits: float32 ``[B, V]``.
-      tokens: int32 ``[B, L]``.
-      token_mask: bool ``[B, L]``.
-      cur_len: int32 scalar tensor, or ``[B]`` (one per row).
-      bias_ids: int32 ``[N, M]``, right-padded.
-      bias_lengths: int32 ``[N]``.
-      biases: float32 ``[N]``.
-
-    Returns:
-      float32 ``[B, V]``.
-
-    Example (the context ends in 1, so "1 2" adds 2.5 to id 2; "3" always adds -1):
-      >>> ids, lengths, biases = pack_sequence_bias({(3,): -1.0, (1, 2): 2.5}, vocab_size=4)
-      >>> tokens, mask = tf.constant([[0, 1, 0]]), tf.constant([[True, True, False]])
-      >>> sequence_bias(tf.zeros([1, 4]), tokens, mask, tf.constant(2), ids, lengths, biases).numpy().tolist()
-      [[0.0, 0.0, 2.5, -1.0]]
-    """
-    logits = tf.convert_to_tensor(logits)
-    word_ids = tf.convert_to_tensor(bias_ids, tf.int32)
-    lengths = tf.convert_to_tensor(bias_lengths, tf.int32)
-    matches = _sequences_about_to_complete(tokens, token_mask, cur_len, word_ids, lengths)  # [B, N]
-    width = tf.shape(word_ids)[1]
-    last_token = tf.gather(word_ids, tf.clip_by_value(lengths - 1, 0, width - 1), batch_dims=1)  # [N]
-    amount = tf.where(matches, tf.cast(biases, logits.dtype)[None, :], 0)  # [B, N]
-    # Scatter-add, not a one-hot matmul: a -inf bias times a 0 would be NaN.
-    batch, n = tf.shape(matches)[0], tf.shape(matches)[1]
-    rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, n])
-    where = tf.stack([rows, tf.broadcast_to(last_token[None, :], [batch, n])], axis=-1)
-    return logits + tf.scatter_nd(where, amount, tf.shape(logits))
-
-
-def _sequences_about_to_complete(tokens, token_mask, cur_len, word_ids, lengths):
-    """bool ``[B, N]``: row ``b``'s last ``l - 1`` valid tokens equal ``w[:l-1]``.
-
-    The comparison of ``bad_words`` (see its docstring): offset ``d`` compares
-    the context token at ``cur_len - d`` with each word's token ``d`` places
-    before its last one; inactive rows (length 0) never match.
-    """
-    tokens = tf.convert_to_tensor(tokens, tf.int32)
-    token_mask = tf.convert_to_tensor(token_mask, tf.bool)
-    cur_len = _per_row(cur_len, tokens)  # [B]: rows may differ (speculative decoding)
-    last_slot = tf.shape(tokens)[1] - 1
-    width = tf.shape(word_ids)[1]
-    offsets = tf.range(1, width)  # d = 1 .. M - 1
-    context_slot = cur_len[:, None] - offsets[None, :]  # [B, M-1]
-    context_slot_clipped = tf.clip_by_value(context_slot, 0, last_slot)
-    context_token = tf.gather(tokens, context_slot_clipped, batch_dims=1)  # [B, M-1]
-    context_ok = (context_slot >= 0) & tf.gather(token_mask, context_slot_clipped, batch_dims=1)
-    word_pos = lengths[:, None] - 1 - offsets[None, :]  # [N, M-1]
-    needed = word_pos >= 0
-    word_token = tf.gather(word_ids, tf.clip_by_value(word_pos, 0, width - 1), batch_dims=1)
-    agrees = context_ok[:, None, :] & (context_token[:, None, :] == word_token[None, :, :])
-    return tf.reduce_all(~needed[None, :, :] | agrees, axis=-1) & (lengths > 0)[None, :]
-
-
-def _keep_best(logits, min_tokens_to_keep: int):
-    """bool ``[B, V]``: the ``min_tokens_to_keep`` best scores of each row (ties kept)."""
-    n = max(1, min(int(min_tokens_to_keep), logits.shape[-1]))
-    nth_best = tf.math.top_k(logits, n).values[:, -1:]  # [B, 1]
-    return logits >= nth_best
-
-
-def min_p(logits, p, min_tokens_to_keep: int = 1):
-    """Keep the tokens at least ``p`` times as likely as the most likely one.
-
-    ``MinPLogitsWarper``: remove every token with ``prob < p * max_prob``,
-    then keep the ``min_tokens_to_keep`` best anyway.  ``p == 0`` removes
-    nothing (``generate`` adds the warper whenever ``min_p`` is set, so 0 is
-    the natural "off"); ``p == 1`` keeps the tokens tied for the maximum.
-
-    Args:
-      logits: float32 ``[B, V]``.
-      p: float32 scalar tensor in ``[0, 1]``.
-      min_tokens_to_keep: Python int >= 1.
-
-    Returns:
-      float32 ``[B, V]``.
-
-    Example (probabilities .1 .2 .3 .4; 0.4 * 0.4 = 0.16 keeps .2, .3, .4):
-      >>> logits = tf.math.log(tf.constant([[0.1, 0.2, 0.3, 0.4]]))
-      >>> np.isfinite(min_p(logits, tf.constant(0.4)).numpy()).tolist()
-      [[False, True, True, True]]
-    """
-    logits = tf.convert_to_tensor(logits)
-    probs = tf.nn.softmax(logits, axis=-1)
-    threshold = tf.cast(p, logits.dtype) * tf.reduce_max(probs, axis=-1, keepdims=True)
-    remove = (probs < threshold) & ~_keep_best(logits, min_tokens_to_keep)
-    return tf.where(remove, _neg_inf(logits), logits)
-
-
-def _entropy(log_probs):
-    """float32 ``[B, 1]``: ``-sum p log p``, where a token of probability 0 adds 0 (not NaN)."""
-    p_log_p = tf.where(log_probs > -np.inf, tf.exp(log_probs) * log_probs, tf.zeros_like(log_probs))
-    return -tf.reduce_sum(p_log_p, axis=-1, keepdims=True)
-
-
-def typical_p(logits, mass, min_tokens_to_keep: int = 1):
-    """Locally typical sampling: keep the tokens whose surprise is closest to the entropy.
-
-    ``TypicalLogitsWarper``: order the tokens by their distance
-    ``|-log p - H|`` to the entropy ``H``, ascending, and keep the shortest
-    prefix of that order whose probability reaches ``mass``: every token
-    whose distance is ``<=`` that of the first token at which the running
-    sum reaches ``mass`` (all tokens if it never does); the
-    ``min_tokens_to_keep`` closest tokens are always kept.  Tokens already at
-    ``-inf`` have distance ``inf`` and come last.
-
-    No sort: transformers sorts the vocabulary (measured ~70 ms per 50k row
-    under XLA:CPU).  The cut is the smallest distance ``d`` whose mass
-    ``sum(p[distance <= d])`` reaches ``mass``, and that mass only grows with
-    ``d``, so a bisection finds it.  Distances are >= 0, so their float32 bit
-    patterns, read as int32, sort like the floats: 31 halvings of the int32
-    range land exactly on one of the row's distances, each halving one
-    masked sum over the row.  Ties at the cut keep the whole tie group, as in
-    transformers.
-
-    Off value: ``mass >= 1`` is *not* a no-op (the sum can round below 1),
-    so the caller skips the warper then, as ``generate`` does
-    (``typical_p < 1.0``).
-
-    Args:
-      logits: float32 ``[B, V]``.
-      mass: float32 scalar tensor in ``(0, 1)``.
-      min_tokens_to_keep: Python int >= 1.
-
-    Returns:
-      float32 ``[B, V]``.
-
-    Example (probabilities .05 .15 .8: H = 0.61, distances 2.38 1.28 0.39;
-    the most typical token alone holds 0.8 >= 0.5):
-      >>> logits = tf.math.log(tf.constant([[0.05, 0.15, 0.8]]))
-      >>> np.isfinite(typical_p(logits, tf.constant(0.5)).numpy()).tolist()
-      [[False, False, True]]
-    """
-    logits = tf.convert_to_tensor(logits)
-    log_probs = tf.nn.log_softmax(logits, axis=-1)
-    distance = tf.abs(-log_probs - _entropy(log_probs))  # [B, V], >= 0 (inf for -inf logits)
-    bits = tf.bitcast(distance, tf.int32)
-    keep = bits <= _smallest_reaching(bits, tf.exp(log_probs), tf.cast(mass, logits.dtype))
-    always = min(max(1, int(min_tokens_to_keep)), logits.shape[-1])
-    nth_closest = -tf.math.top_k(-distance, always).values[:, -1:]  # [B, 1]
-    return tf.where(keep | (distance <= nth_closest), logits, _neg_inf(logits))
-
-
-def _smallest_reaching(bits, probs, mass):
-    """int32 ``[B, 1]``: the smallest ``t`` with ``sum(probs[bits <= t]) >= mass``, else ``bits(inf)``.
-
-    Bisection keeping ``low`` (mass not reached, or below every value) and
-    ``high`` (mass reached, or ``+inf``'s bit pattern) apart; 31 halvings
-    close the gap of 2^31 - 2^23.
-    """
-    rows = tf.shape(bits)[0]
-    low = tf.fill([rows, 1], -1)
-    high = tf.fill([rows, 1], int(np.float32(np.inf).view(np.int32)))
-    for _ in range(31):
-        middle = low + (high - low) // 2
-        reached = tf.reduce_sum(tf.where(bits <= middle, probs, 0), axis=-1, keepdims=True) >= mass
-        low, high = tf.where(reached, low, middle), tf.where(reached, middle, high)
-    return high
-
-
-def epsilon_cutoff(logits, epsilon, min_tokens_to_keep: int = 1):
-    """Epsilon sampling: remove the tokens with probability below ``epsilon``.
-
-    ``EpsilonLogitsWarper``: remove ``prob < epsilon``, except the
-    ``min_tokens_to_keep`` best tokens (and every token tied with the n-th
-    best, exactly like transformers' ``scores < n-th best`` test).
-    ``epsilon == 0`` removes nothing (the off value).
-
-    Args:
-      logits: float32 ``[B, V]``.
-      epsilon: float32 scalar tensor in ``[0, 1)``.
-      min_tokens_to_keep: Python int >= 1.
-
-    Returns:
-      float32 ``[B, V]``.
-
-    Example:
-      >>> logits = tf.math.log(tf.constant([[0.1, 0.2, 0.3, 0.4]]))
-      >>> np.isfinite(epsilon_cutoff(logits, tf.constant(0.25)).numpy()).tolist()
-      [[False, False, True, True]]
-    """
-    logits = tf.convert_to_tensor(logits)
-    probs = tf.nn.softmax(logits, axis=-1)
-    remove = (probs < tf.cast(epsilon, logits.dtype)) & ~_keep_best(logits, min_tokens_to_keep)
-    return tf.where(remove, _neg_inf(logits), logits)
-
-
-def eta_cutoff(logits, epsilon, min_tokens_to_keep: int = 1):
-    """Eta sampling: an entropy-dependent epsilon cutoff.
-
-    ``EtaLogitsWarper``: with ``H`` the entropy of the row,
-    ``eta = min(epsilon, sqrt(epsilon) * exp(-H))``; remove ``prob < eta``
-    except the ``min_tokens_to_keep`` best tokens.  A flat (high-entropy)
-    distribution gets a lower cutoff than a peaked one.  ``epsilon == 0``
-    removes nothing (the off value).
-
-    Args:
-      logits: float32 ``[B, V]``.
-      epsilon: float32 scalar tensor in ``[0, 1)``.
-      min_tokens_to_keep: Python int >= 1.
-
-    Returns:
-      float32 ``[B, V]``.
-
-    Example (H = 1.28, eta = min(0.25, 0.5 * 0.28) = 0.14: removes 0.1):
-      >>> logits = tf.math.log(tf.constant([[0.1, 0.2, 0.3, 0.4]]))
-      >>> np.isfinite(eta_cutoff(logits, tf.constant(0.25)).numpy()).tolist()
-      [[False, True, True, True]]
-    """
-    logits = tf.convert_to_tensor(logits)
-    epsilon = tf.cast(epsilon, logits.dtype)
-    log_probs = tf.nn.log_softmax(logits, axis=-1)
-    eta = tf.minimum(epsilon, tf.sqrt(epsilon) * tf.exp(-_entropy(log_probs)))  # [B, 1]
-    remove = (tf.exp(log_probs) < eta) & ~_keep_best(logits, min_tokens_to_keep)
-    return tf.where(remove, _neg_inf(logits), logits)
-
-
-def truncate(logits, min_p_value, typical_mass, epsilon, eta_epsilon, min_tokens_to_keep: int = 1):
-    """The truncation warpers in transformers' order, each skipped when off.
-
-    Order: min-p, typical, epsilon, eta (``generate`` appends them in this
-    order after temperature, top-k and top-p).  A warper whose value is off
-    (``min_p == 0``, ``typical_p >= 1``, ``epsilon_cutoff == 0``,
-    ``eta_cutoff == 0``) is skipped with a ``tf.cond`` on that value, so it
-    costs nothing per step and switching it on needs no recompile.
-
-    Args:
-      logits: float32 ``[B, V]``, already warped by temperature/top-k/top-p.
-      min_p_value, typical_mass, epsilon, eta_epsilon: float32 scalar tensors.
-      min_tokens_to_keep: Python int >= 1 (1 when sampling; the number of EOS
-        ids + 1 for beam sampling, as in transformers).
-
-    Returns:
-      float32 ``[B, V]``.
-    """
-    def when(active, x, warper):
-        return tf.cond(active, lambda: warper(x), lambda: x)
-
-    def chain(x):
-        keep = min_tokens_to_keep
-        x = when(min_p_value > 0, x, lambda y: min_p(y, min_p_value, keep))
-        x = when(typical_mass < 1, x, lambda y: typical_p(y, typical_mass, keep))
-        x = when(epsilon > 0, x, lambda y: epsilon_cutoff(y, epsilon, keep))
-        return when(eta_epsilon > 0, x, lambda y: eta_cutoff(y, eta_epsilon, keep))
-
-    # One outer branch for the common "all off" case: one conditional per
-    # step instead of four (each branch boundary may copy the [B, V] scores).
-    any_on = (min_p_value > 0) | (typical_mass < 1) | (epsilon > 0) | (eta_epsilon > 0)
-    return when(any_on, logits, chain)
-
-
-def renormalize_logits(logits):
-    """``log_softmax`` of the scores (``LogitNormalization``), the last step when enabled.
-
-    transformers offers it because beam search adds processed scores across
-    steps: after top-k & co the scores no longer sum to 1 in probability
-    space.  Rows already normalised stay (nearly) unchanged; ``-inf`` stays
-    ``-inf``.
-
-    Args:
-      logits: float32 ``[B, V]``.
-
-    Returns:
-      float32 ``[B, V]`` log-probabilities.
-
-    Example:
-      >>> out = renormalize_logits(tf.constant([[0.0, 0.0, -np.inf]])).numpy()
-      >>> np.round(np.exp(out), 3).tolist()
-      [[0.5, 0.5, 0.0]]
-    """
-    return tf.nn.log_softmax(tf.convert_to_tensor(logits), axis=-1)
+    return tf.where(keep, logits, neg_inf(logits))

@@ -25,6 +25,7 @@ from . import processors, speculative, stop_strings, validation
 from .compiled import Strategy
 from .options import GenerationOptions, check, decode_options, seed_array
 from .plan import ShapePlan, bucket, fit_rows, left_pad, plan_shapes
+from .sequence_bias import pack_sequence_bias
 
 #: Refuse calls whose per-step logits alone (rows x vocab float32, a few live
 #: copies) would need more than this many bytes, before tracing anything.
@@ -143,7 +144,7 @@ def _pack_sequence_bias(checked: GenerationOptions, vocab_size: int, bucketed: b
     if pairs is None:
         return None
     longest = max(len(ids) for ids, _ in pairs)
-    return processors.pack_sequence_bias(pairs, vocab_size, num_sequences=bucket(len(pairs), 4) if bucketed else None,
+    return pack_sequence_bias(pairs, vocab_size, num_sequences=bucket(len(pairs), 4) if bucketed else None,
                                          max_sequence_len=bucket(longest, 2) if bucketed else None)
 
 
