@@ -213,6 +213,27 @@ def test_disk_error_is_clear_and_loses_nothing(text_lm, prompts_file, greedy_res
     assert read_results(out) == greedy_results
 
 
+def test_stop_strings_cut_like_generate_text_and_keep_stop_keeps_them(text_lm, text_model, prompts_file,
+                                                                       greedy_results, tmp_path):
+    # Stop strings cut from the job's own greedy texts, so that they are hit mid-way.
+    stops = sorted({text[2:4] for text in greedy_results.values() if len(text) >= 6})[:3]
+    opts = dict(GREEDY, stop_strings=stops)
+    base = ["generate", "--input", str(prompts_file), "--model", str(text_model), "--no-progress",
+            "--max-new-tokens", "6", "--no-do-sample", "--batch-size", "4"] + [f"--stop={s}" for s in stops]
+    for keep in (False, True):
+        out = tmp_path / f"keep{keep}.jsonl"
+        assert cli.main(base + ["--output", str(out)] + (["--keep-stop"] if keep else [])) == 0
+        got = read_results(out)
+        want = {line: text_lm.generate_text(prompt, trim_stop_strings=not keep, **opts)[0]
+                for line, prompt in enumerate(PROMPTS, start=1)}
+        assert got == want
+        stopped = [line for line, text in greedy_results.items() if any(s in text for s in stops)]
+        assert stopped  # the strings were hit: the rows below ended on them
+        for line in stopped:
+            assert len(got[line]) < len(greedy_results[line]) or keep
+            assert any(s in got[line] for s in stops) == keep
+
+
 def test_cli_needs_exactly_one_of_prompt_or_input(capsys):
     for argv in (["generate"], ["generate", "hi", "--input", "x.jsonl", "--output", "y.jsonl"],
                  ["generate", "--input", "x.jsonl"], ["generate", "hi", "--resume"]):

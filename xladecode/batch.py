@@ -146,7 +146,7 @@ def line_seed(seed, ident) -> tuple[int, int]:
 
 def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: bool = False,
                   errors_path=None, progress: bool = True, seed=None, chunk_batches: int = 64,
-                  on_batch: Callable[[BatchReport], None] | None = None,
+                  on_batch: Callable[[BatchReport], None] | None = None, trim_stop_strings: bool = True,
                   **generate_kwargs) -> BatchReport:
     """Continues every prompt of a JSONL file; writes one JSON line per result.
 
@@ -169,10 +169,12 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
       chunk_batches: lines read and sorted together = ``chunk_batches * batch_size``.
       on_batch: called with the running :class:`BatchReport` after each batch
         is durably written (a hook for monitoring and tests).
+      trim_stop_strings: with ``stop_strings``, cut each completion just
+        before the stop string that ended it (True, ``generate_text``'s
+        default rule), or keep the text as generated (False, transformers'
+        output). Ignored without ``stop_strings``.
       **generate_kwargs: decoding options of :meth:`LanguageModel.generate`
-        (``max_new_tokens``, ``do_sample``, ``top_p``, ...). With
-        ``stop_strings`` a completion is cut just before the stop string that
-        ended it (``LanguageModel.generate_text``'s default rule).
+        (``max_new_tokens``, ``do_sample``, ``top_p``, ``stop_strings``, ...).
 
     Returns:
       :class:`BatchReport`.
@@ -195,6 +197,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
     batch_size = validation.integer("batch_size", batch_size)
     chunk_batches = validation.integer("chunk_batches", chunk_batches)
     jit_compile = validation.boolean("jit_compile", generate_kwargs.pop("jit_compile", True))
+    trim_stop_strings = validation.boolean("trim_stop_strings", trim_stop_strings)
     if "seed" in generate_kwargs:
         raise UnknownOptionError("seed is generate_file's own argument here: the global seed, "
                                  "from which per-line seeds derive (line_seed)")
@@ -211,6 +214,7 @@ def generate_file(lm, input_path, output_path, *, batch_size: int = 8, resume: b
     source = jsonl.open_input(input_path)
     try:
         job = _Job.open(lm, checked, seed, input_path, output_path, errors_path, resume, progress)
+        job.trim_stop_strings = trim_stop_strings
     except BaseException:
         source.close()
         raise
@@ -246,6 +250,7 @@ class _Job:
     started: float = 0.0
     seen: dict = dataclasses.field(default_factory=dict)  # id key -> first line: duplicates are refused
     quiet: int = 0  # lines handled without a record: blank, or reported by an earlier run
+    trim_stop_strings: bool = True  # cut completions before the stop string (generate_text's rule)
 
     @classmethod
     def open(cls, lm, checked, seed, input_path: Path, output_path: Path, errors_path: Path,
@@ -293,7 +298,8 @@ class _Job:
 
     def decode_and_write(self, batch: list[_Item], jit_compile: bool, generate_kwargs: dict) -> None:
         """Decodes one batch and writes its records durably; updates the report and the meter."""
-        texts, new_tokens = _decode_batch(self.lm, batch, self.checked, jit_compile, generate_kwargs)
+        texts, new_tokens = _decode_batch(self.lm, batch, self.checked, jit_compile, generate_kwargs,
+                                          self.trim_stop_strings)
         nrs = self.checked.num_return_sequences
         records = [{"id": it.id, "prompt": it.prompt,
                     "completion": texts[i] if nrs == 1 else texts[i * nrs:(i + 1) * nrs]}
@@ -387,7 +393,7 @@ def _id_key(ident) -> str:
 
 # ----------------------------------------------------------------- decoding
 def _decode_batch(lm, batch: list[_Item], checked: GenerationOptions, jit_compile: bool,
-                  generate_kwargs: dict) -> tuple[list[str], int]:
+                  generate_kwargs: dict, trim_stop_strings: bool) -> tuple[list[str], int]:
     """Generates one batch; returns its texts (``len(batch) * nrs``) and its new-token count.
 
     The batch is left-padded to its longest prompt; ``lm.generate`` fits it
@@ -404,7 +410,7 @@ def _decode_batch(lm, batch: list[_Item], checked: GenerationOptions, jit_compil
     out = lm.generate(ids, mask, seed=seeds, jit_compile=jit_compile, **generate_kwargs)
     new = out.sequences[:, width:]
     texts = lm.tokenizer.decode_batch(new, skip_ids=set(eos) | {pad_id})
-    if checked.stop_strings is not None:  # generate_text's default rule: cut before the stop string
+    if checked.stop_strings is not None and trim_stop_strings:  # cut before the stop string
         per_prompt = len(texts) // len(batch)
         texts = [stop_strings.trim_stop_string(text, checked.stop_strings, prefix=batch[i // per_prompt].prompt)
                  for i, text in enumerate(texts)]

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop a row once its text contains TEXT, even across tokens (repeatable); "
                         "the printed text ends just before it")
     g.add_argument("--keep-stop", action="store_true",
-                   help="print the text as generated, stop string included (transformers' output)")
+                   help="print (with --input: write) the text as generated, stop string included "
+                        "(transformers' output)")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype")
     g.add_argument("--no-jit", action="store_true", help="run the same graph without XLA")
     g.add_argument("--continuation-only", action="store_true", help="print only the new text")
@@ -358,7 +359,8 @@ def _generate_file(args, lm, options: dict, log) -> int:
     try:
         report = batch.generate_file(lm, args.input, args.output, batch_size=args.batch_size,
                                      resume=args.resume, errors_path=args.errors,
-                                     progress=not args.no_progress, seed=seed, **options)
+                                     progress=not args.no_progress, seed=seed,
+                                     trim_stop_strings=not args.keep_stop, **options)
     except KeyboardInterrupt:
         print(f"xladecode: interrupted; finished batches are saved in {args.output}: "
               "rerun with --resume to finish the rest", file=sys.stderr)
