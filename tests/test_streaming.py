@@ -219,7 +219,7 @@ def test_stream_text_joins_to_generate_text(text_lm, fragments_only, seed, chunk
 def test_the_fragment_law_really_splits_characters(text_lm, fragments_only):
     """The law above is tested on text with multi-byte characters rebuilt from several tokens."""
     options = dict(fragments_only, max_new_tokens=12, do_sample=True, temperature=3.0, top_k=0, seed=3)
-    ids, mask, skip_ids = text_lm.encode_prompts(["Hi", "x"], **options)  # the law's shapes: no new compile
+    ids, mask, skip_ids, _ = text_lm.encode_prompts(["Hi", "x"], **options)  # the law's shapes: no new compile
     tokenizer = text_lm.tokenizer
     rebuilt = []
     for row in text_lm.generate(ids, mask, **options).sequences[:, ids.shape[1]:]:

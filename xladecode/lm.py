@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +51,15 @@ class GenerateOutput:
     sequences: np.ndarray
     scores: np.ndarray | None = None
     sequences_scores: np.ndarray | None = None
+
+
+class EncodedPrompts(NamedTuple):
+    """What :meth:`LanguageModel.encode_prompts` returns: the token side of a text call."""
+
+    input_ids: np.ndarray  # int32 [batch, P], left-padded with options.pad_token_id
+    attention_mask: np.ndarray  # int32 [batch, P], 0 on padding
+    skip_ids: set  # ids left out of decoded text: the EOS ids and the pad id
+    options: GenerationOptions  # the checked decoding options
 
 
 class LanguageModel:
@@ -261,15 +270,15 @@ class LanguageModel:
         """
         trim = validation.boolean("trim_stop_strings", trim_stop_strings)
         prompts = validation.prompt_texts("prompts", prompts)
-        ids, mask, skip_ids = self.encode_prompts(prompts, **options)
-        out = self.generate(ids, mask, jit_compile=jit_compile, **options)
-        texts = self.tokenizer.decode_batch(out.sequences[:, ids.shape[1]:], skip_ids=skip_ids)
-        stop = options.get("stop_strings")
-        if not stop or not trim:
+        encoded = self.encode_prompts(prompts, **options)
+        out = self.generate(encoded.input_ids, encoded.attention_mask, jit_compile=jit_compile, **options)
+        texts = self.tokenizer.decode_batch(out.sequences[:, encoded.input_ids.shape[1]:],
+                                            skip_ids=encoded.skip_ids)
+        stop = encoded.options.stop_strings
+        if stop is None or not trim:
             return texts
         from .stop_strings import trim_stop_string
 
-        stop = [stop] if isinstance(stop, str) else list(stop)
         per_prompt = len(texts) // len(prompts)
         return [trim_stop_string(text, stop, prefix=prompts[i // per_prompt]) for i, text in enumerate(texts)]
 
@@ -281,9 +290,10 @@ class LanguageModel:
           **options: decoding options (checked here; they fix the pad id).
 
         Returns:
-          ``(input_ids int32 [batch, P], attention_mask int32 [batch, P],
-          skip_ids)``: left-padded prompts, and the set of ids left out of
-          the decoded text (the EOS ids and the pad id).
+          :class:`EncodedPrompts` ``(input_ids int32 [batch, P],
+          attention_mask int32 [batch, P], skip_ids, options)``: left-padded
+          prompts, the set of ids left out of the decoded text (the EOS ids
+          and the pad id), and the checked :class:`GenerationOptions`.
         """
         if self.tokenizer is None:
             raise ValueError("generate_text and stream_text need a tokenizer: the checkpoint folder has no "
@@ -291,7 +301,7 @@ class LanguageModel:
         prompts = validation.prompt_texts("prompts", prompts)
         checked = self.prepare([[0]], None, **options).checked  # validates options, resolves eos/pad
         ids, mask = self.tokenizer.encode_batch(prompts, pad_token_id=checked.pad_token_id)
-        return ids, mask, set(checked.eos_token_id) | {checked.pad_token_id}
+        return EncodedPrompts(ids, mask, set(checked.eos_token_id) | {checked.pad_token_id}, checked)
 
     # --------------------------------------------------------------- streaming
     def stream(self, input_ids, attention_mask=None, *, chunk_size: int = streaming.DEFAULT_CHUNK_SIZE,

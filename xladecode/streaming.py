@@ -228,7 +228,7 @@ def stream_text(lm, prompts: str | Sequence[str], *, chunk_size: int = DEFAULT_C
     Raises:
       ValueError: as :func:`stream`, and when ``lm`` has no tokenizer.
     """
-    ids, mask, skip_ids = lm.encode_prompts(prompts, **options)
+    ids, mask, skip_ids, _ = lm.encode_prompts(prompts, **options)
     chunks = stream(lm, ids, mask, chunk_size=chunk_size, jit_compile=jit_compile, **options)
     return _text_pieces(chunks, lambda: TextPieces(lm.tokenizer, skip_ids))
 
