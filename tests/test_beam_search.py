@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
+from budget import examples
 
 import xladecode
 from checkpoints import make_checkpoint
@@ -30,7 +31,7 @@ from xladecode.testing import (BEAM_TIE, SCORE_ATOL, assert_beam_equals_brute_fo
                                language_model_one_beam, left_pad, strategies as xst)
 from xladecode.testing.reference import brute_force_beams, log_softmax
 
-SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
+SETTINGS = examples(10)
 EARLY = [True, False, "never"]
 PENALTIES = [-1.0, 0.0, 1.0, 2.0]
 
@@ -341,7 +342,7 @@ def test_brute_force_enumerates_every_hypothesis(micro_lm):
     assert len(hyps) == 1 + 3 + 9 * 4 == len({seq for _, seq in hyps})
 
 
-@settings(max_examples=8, deadline=None, derandomize=True)
+@examples(8)
 @given(rows=st.lists(st.lists(st.integers(0, BF_VOCAB - 1), min_size=1, max_size=BF_WIDTH),
                      min_size=2, max_size=2),
        lp=penalty)

@@ -1,7 +1,8 @@
 """Shape bucketing: varied calls share compiled graphs, and results do not change."""
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
+from budget import examples
 
 import pytest
 
@@ -54,7 +55,7 @@ def exact_lm(tiny_dir):
     return lm
 
 
-@settings(max_examples=6, deadline=None, derandomize=True)
+@examples(6)
 @given(rows=st.lists(st.lists(st.integers(0, 36), min_size=1, max_size=11), min_size=1, max_size=3),
        new=st.integers(1, 10), sample=st.booleans())
 def test_bucketing_changes_no_result(tiny_lm, exact_lm, rows, new, sample):

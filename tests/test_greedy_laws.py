@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
+from budget import examples
 
 from xladecode.testing import (NEAR_TIE, assert_cached_equals_recompute, assert_decoders_agree,
                                assert_pad_after_eos, assert_row_invariance, left_pad, strategies as xst)
@@ -17,7 +18,7 @@ from xladecode.testing import (NEAR_TIE, assert_cached_equals_recompute, assert_
 VOCAB = 37
 WIDTH = 8  # prompt buffer width
 NEW = 6
-SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
+SETTINGS = examples(12)
 
 prompt = xst.prompts(VOCAB, WIDTH)
 batch = xst.prompt_batches(VOCAB, WIDTH, max_rows=3, fill_rows=3)  # 3 rows always: one shape

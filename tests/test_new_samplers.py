@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, strategies as st
 from hypothesis.extra import numpy as hnp
+from budget import examples
 from transformers.generation import logits_process as hf
 
 from xladecode import sequence_bias as SB
@@ -28,7 +29,7 @@ from xladecode.decoding import DecodeOptions, warp_logits
 
 B, L, V = 3, 12, 17
 N_SEQ, SEQ_LEN = 4, 3
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
+SETTINGS = examples(25)
 KEEPS = [1, 3, V + 2]  # min_tokens_to_keep values (Python ints: compile keys)
 
 
@@ -246,7 +247,7 @@ _WARP_THEN_TRUNCATE = tf.function(
     lambda logits, options, values: T.truncate(warp_logits(logits, options), *values), jit_compile=True)
 
 
-@settings(max_examples=12, deadline=None, derandomize=True)
+@examples(12)
 @given(logits_st(ties=False, neg_inf=False), st.sampled_from([0.7, 1.0, 1.5]), st.sampled_from([0, 3, 8]),
        st.sampled_from([1.0, 0.9]), st.sampled_from([0.0, 0.1]), st.sampled_from([1.0, 0.8]),
        st.sampled_from([0.0, 0.02]))

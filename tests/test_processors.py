@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, strategies as st
 from hypothesis.extra import numpy as hnp
+from budget import examples
 from transformers.generation import logits_process as hf
 
 from xladecode import processors as P
@@ -27,7 +28,7 @@ from xladecode.decoding import DecodeOptions, process_logits
 
 B, L, V = 3, 12, 17
 N_WORDS, WORD_LEN = 4, 3
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)  # CI sees the same examples
+SETTINGS = examples(25)  # CI sees the same examples
 
 
 # ---------------------------------------------------------------------------

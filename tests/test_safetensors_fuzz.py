@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, strategies as st
+from budget import examples
 
 from xladecode.safetensors_file import DTYPES, UNSUPPORTED_DTYPES, read_file
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = examples(150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_mutated_valid_files(path, content):
     _read_checked(path, content)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@examples(60)
 @given(valid_files())
 def test_valid_files_are_read_exactly(path, content):
     """The law behind the fuzzing: valid files are accepted and read as the reference reads them."""

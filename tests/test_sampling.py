@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
+from budget import examples
 
 from xladecode import processors, sampling
 from xladecode.testing import (assert_decoders_agree, assert_return_sequences_independent, assert_row_invariance,
@@ -14,7 +15,7 @@ from xladecode.testing import (assert_decoders_agree, assert_return_sequences_in
 from xladecode.testing.reference import chi_square, chi_square_critical
 
 VOCAB, WIDTH, NEW = 37, 8, 6
-SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
+SETTINGS = examples(10)
 prompt = xst.prompts(VOCAB, WIDTH)
 seed = xst.seeds()
 CHI_ALPHA = 1e-3  # false-failure rate of each chi-square check (fixed seeds: deterministic)
@@ -218,7 +219,7 @@ def _warp(logits, k, p, t):
     return warp_logits(logits, options)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True)
+@examples(30)
 @given(k=st.sampled_from([0, 1, 2, 40, 255, 256, 257, 600, 700, 900]),
        p=st.sampled_from([1.0, 0.95, 0.5, 0.05]), t=st.sampled_from([1.0, 0.7]),
        seed_=st.integers(0, 1000), ties=st.booleans())

@@ -10,15 +10,15 @@ import pytest
 import tensorflow as tf
 import torch
 import transformers
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, strategies as st
 from hypothesis.extra import numpy as hnp
+from budget import examples
 
 import xladecode
 from xladecode import scoring
 
 B, T, VOCAB = 3, 8, 37  # VOCAB: the shared tiny checkpoint's (conftest.tiny_dir)
-SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = examples(8, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
+from budget import examples
 
 from checkpoints import make_checkpoint
 from xladecode import drafters, kv_cache, positions as pos, processors, speculative
@@ -34,7 +35,7 @@ from xladecode.testing import assert_speculative_equals_plain, left_pad
 from rope_decoder import RopeDecoder
 
 VOCAB, WIDTH, NEW = 37, 8, 10
-SETTINGS = settings(max_examples=8, deadline=None, derandomize=True)
+SETTINGS = examples(8)
 
 unit = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=4)
 # Prompts that repeat a chunk give prompt lookup something to find.
@@ -377,7 +378,7 @@ def test_step_all_equals_forward_at_per_row_slots(law_lm):
     np.testing.assert_allclose(got.numpy()[1], want[1, 6:9], atol=1e-4)
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@examples(20)
 @given(rows=st.lists(st.lists(st.integers(0, 3), min_size=2, max_size=14), min_size=1, max_size=1),
        k=st.integers(1, 4), ngram=st.integers(1, 3))
 def test_prompt_lookup_proposes_what_transformers_proposes(rows, k, ngram):

@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import torch
-from hypothesis import event, given, settings, strategies as st
+from hypothesis import event, given, strategies as st
 from hypothesis.extra import numpy as hnp
+from budget import examples
 
 from xladecode import stop_strings as S
 from xladecode.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_JSON = REPO / "models" / "gpt2-shakespeare" / "tokenizer.json"
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
+SETTINGS = examples(25)
 NUM_STRINGS, MAX_BYTES = 4, 16  # one bucket for every stop-string set below
 
 
@@ -108,7 +109,7 @@ def planted(data, tokens, mask, cur_len):
         return []
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@examples(40)
 @given(padded_rows(len(SMALL_VOCAB)), STOPS, st.data())
 def test_matches_brute_force_oracle(rows, stops, data):
     tokens, mask, cur_len = rows

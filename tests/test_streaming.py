@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
+from budget import examples
 
 from xladecode.testing.adapters import language_model_logits, xladecode_noise
 from xladecode.testing.decoder import left_pad
@@ -21,7 +22,7 @@ from xladecode.streaming import REPLACEMENT_CHARACTER, TextPieces
 
 VOCAB = 37
 WIDTH = 6
-SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
+SETTINGS = examples(10)
 
 prompt = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=WIDTH)
 
@@ -167,7 +168,7 @@ def test_bad_calls_fail_at_the_call_before_any_compile(tiny_lm, options, message
 
 
 # ---------------------------------------------------------------------- text
-@settings(max_examples=40, deadline=None, derandomize=True)
+@examples(40)
 @given(text=st.text(max_size=40), cuts=st.lists(st.integers(0, 60), max_size=8))
 def test_text_pieces_join_to_the_decoded_text(text_lm, text, cuts):
     """Any text (multi-byte characters included), its tokens pushed in any groups."""
@@ -203,7 +204,7 @@ def fragments_only(text_lm):
     return dict(suppress_tokens=sorted(set(range(50257)) - allowed), eos_token_id=50256)
 
 
-@settings(max_examples=6, deadline=None, derandomize=True)
+@examples(6)
 @given(seed=st.integers(0, 2**31 - 1), chunk_size=st.integers(1, 9),
        prompts=st.sampled_from([["Hi", "x"], ["naïve café", "日本"], ["🙂 x", "é"]]))
 def test_stream_text_joins_to_generate_text(text_lm, fragments_only, seed, chunk_size, prompts):

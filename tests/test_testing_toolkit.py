@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
+from budget import examples
 
 from xladecode import processors
 from xladecode.testing import (Decoded, assert_same_beams, assert_same_output, assert_same_tokens,
@@ -83,7 +84,7 @@ def test_left_pad_and_prompts_round_trip():
         left_pad([[1, 2, 3]], 2)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@examples(40)
 @given(seed=st.integers(0, 10_000), k=st.sampled_from([0, 1, 3, 20]), p=st.sampled_from([1.0, 0.9, 0.3, 0.0]),
        t=st.sampled_from([1.0, 0.5, 2.0]), ties=st.booleans())
 def test_reference_warp_keeps_the_tokens_of_our_processors(seed, k, p, t, ties):

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
+from budget import examples
 
 from xladecode.tokenizer import Tokenizer
 
@@ -55,7 +56,7 @@ def test_round_trip(tok, text):
     assert tok.decode(tok.encode(text)) == text
 
 
-@settings(max_examples=50, deadline=None, derandomize=True)
+@examples(50)
 @given(st.text(max_size=40))
 def test_round_trip_property(text):
     t = _shared()
@@ -96,7 +97,7 @@ def test_decode_strips_padding(tok):
     assert tok.decode_batch(row[None], skip_ids={EOT}) == ["TensorFlow is"]
 
 
-@settings(max_examples=30, deadline=None, derandomize=True)
+@examples(30)
 @given(st.lists(st.text(max_size=20), min_size=1, max_size=4))
 def test_encode_batch_matches_encode(texts):
     t = _shared()

@@ -4,7 +4,6 @@
 shared column for all the others. For a model whose unseen columns are equal,
 the loss it computes must equal the ordinary full-vocabulary loss.
 """
-import argparse
 import importlib.util
 from pathlib import Path
 
