@@ -53,25 +53,21 @@ import tensorflow as tf
 
 __all__ = [
     "bad_words",
+    "check_vocab_size",
     "eos_mask_from_ids",
-    "epsilon_cutoff",
-    "eta_cutoff",
     "forced_eos",
+    "is_token_id",
     "min_new_tokens",
-    "min_p",
+    "neg_inf",
     "no_repeat_ngram",
     "pack_bad_words",
-    "pack_sequence_bias",
-    "renormalize_logits",
+    "per_row",
     "repetition_penalty",
-    "sequence_bias",
-    "sequence_bias_pairs",
+    "sequences_about_to_complete",
     "suppress_tokens",
     "temperature",
     "top_k",
     "top_p",
-    "truncate",
-    "typical_p",
     "vocab_mask_from_ids",
 ]
 
@@ -446,11 +442,45 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
       [[0.0, 0.0, -inf, -inf]]
     """
     logits = tf.convert_to_tensor(logits)
-    tokens = tf.convert_to_tensor(tokens, tf.int32)
-    token_mask = tf.convert_to_tensor(token_mask, tf.bool)
-    cur_len = per_row(cur_len, tokens)
     word_ids = tf.convert_to_tensor(bad_words_ids, tf.int32)
     lengths = tf.convert_to_tensor(bad_words_lengths, tf.int32)
+    matches = sequences_about_to_complete(tokens, token_mask, cur_len, word_ids, lengths)  # [B, W]
+    width = tf.shape(word_ids)[1]
+    last_token = tf.gather(word_ids, tf.clip_by_value(lengths - 1, 0, width - 1), batch_dims=1)  # [W]
+    banned = _ids_to_vocab_mask(
+        tf.broadcast_to(last_token[None, :], tf.shape(matches)), matches, tf.shape(logits)[-1]
+    )
+    return tf.where(banned, neg_inf(logits), logits)
+
+
+def sequences_about_to_complete(tokens, token_mask, cur_len, word_ids, lengths):
+    """Which token sequences the next token would complete, per row.
+
+    Sequence ``w`` of length ``l`` is about to complete in row ``b`` when the
+    row's last ``l - 1`` valid tokens equal ``w[:l-1]`` (always, for
+    ``l == 1``). Offset ``d = 1 .. M-1`` compares the context token at
+    ``cur_len - d`` with each sequence's token ``d`` places before its last
+    one. Used by :func:`bad_words` and ``sequence_bias``.
+
+    Args:
+      tokens: int32 ``[B, L]``.
+      token_mask: bool ``[B, L]``: False at pad slots (they never match).
+      cur_len: int32 scalar tensor, or ``[B]``: the next token's slot.
+      word_ids: int32 ``[N, M]``, right-padded sequences.
+      lengths: int32 ``[N]``; 0 marks an unused slot (never matches).
+
+    Returns:
+      bool ``[B, N]``.
+
+    Example (the context ends in 1: "1 2" and "3" are about to complete, "0 2" is not):
+      >>> tokens, mask = tf.constant([[0, 1, 0]]), tf.constant([[True, True, False]])
+      >>> words, lengths = tf.constant([[1, 2], [3, 0], [0, 2]]), tf.constant([2, 1, 2])
+      >>> sequences_about_to_complete(tokens, mask, tf.constant(2), words, lengths).numpy().tolist()
+      [[True, True, False]]
+    """
+    tokens = tf.convert_to_tensor(tokens, tf.int32)
+    token_mask = tf.convert_to_tensor(token_mask, tf.bool)
+    cur_len = per_row(cur_len, tokens)  # [B]: rows may differ (speculative decoding)
     last_slot = tf.shape(tokens)[1] - 1
     width = tf.shape(word_ids)[1]
     offsets = tf.range(1, width)  # d = 1 .. M - 1, shape [M - 1]
@@ -461,20 +491,13 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
     context_token = tf.gather(tokens, context_slot_clipped, batch_dims=1)  # [B, M-1]
     context_ok = (context_slot >= 0) & tf.gather(token_mask, context_slot_clipped, batch_dims=1)
 
-    # Words: the token d places before each word's last token.
-    word_pos = lengths[:, None] - 1 - offsets[None, :]  # [W, M-1]
+    # Sequences: the token d places before each one's last token.
+    word_pos = lengths[:, None] - 1 - offsets[None, :]  # [N, M-1]
     needed = word_pos >= 0
     word_token = tf.gather(word_ids, tf.clip_by_value(word_pos, 0, width - 1), batch_dims=1)
 
     agrees = context_ok[:, None, :] & (context_token[:, None, :] == word_token[None, :, :])
-    matches = tf.reduce_all(~needed[None, :, :] | agrees, axis=-1)  # [B, W]
-    matches &= (lengths > 0)[None, :]
-
-    last_token = tf.gather(word_ids, tf.clip_by_value(lengths - 1, 0, width - 1), batch_dims=1)  # [W]
-    banned = _ids_to_vocab_mask(
-        tf.broadcast_to(last_token[None, :], tf.shape(matches)), matches, tf.shape(logits)[-1]
-    )
-    return tf.where(banned, neg_inf(logits), logits)
+    return tf.reduce_all(~needed[None, :, :] | agrees, axis=-1) & (lengths > 0)[None, :]
 
 
 def min_new_tokens(logits, step, min_new, eos_mask):

@@ -169,7 +169,7 @@ def sequence_bias(logits, tokens, token_mask, cur_len, bias_ids, bias_lengths, b
     logits = tf.convert_to_tensor(logits)
     word_ids = tf.convert_to_tensor(bias_ids, tf.int32)
     lengths = tf.convert_to_tensor(bias_lengths, tf.int32)
-    matches = _sequences_about_to_complete(tokens, token_mask, cur_len, word_ids, lengths)  # [B, N]
+    matches = processors.sequences_about_to_complete(tokens, token_mask, cur_len, word_ids, lengths)  # [B, N]
     width = tf.shape(word_ids)[1]
     last_token = tf.gather(word_ids, tf.clip_by_value(lengths - 1, 0, width - 1), batch_dims=1)  # [N]
     amount = tf.where(matches, tf.cast(biases, logits.dtype)[None, :], 0)  # [B, N]
@@ -178,27 +178,3 @@ def sequence_bias(logits, tokens, token_mask, cur_len, bias_ids, bias_lengths, b
     rows = tf.broadcast_to(tf.range(batch)[:, None], [batch, n])
     where = tf.stack([rows, tf.broadcast_to(last_token[None, :], [batch, n])], axis=-1)
     return logits + tf.scatter_nd(where, amount, tf.shape(logits))
-
-
-def _sequences_about_to_complete(tokens, token_mask, cur_len, word_ids, lengths):
-    """bool ``[B, N]``: row ``b``'s last ``l - 1`` valid tokens equal ``w[:l-1]``.
-
-    The comparison of ``bad_words`` (see its docstring): offset ``d`` compares
-    the context token at ``cur_len - d`` with each word's token ``d`` places
-    before its last one; inactive rows (length 0) never match.
-    """
-    tokens = tf.convert_to_tensor(tokens, tf.int32)
-    token_mask = tf.convert_to_tensor(token_mask, tf.bool)
-    cur_len = processors.per_row(cur_len, tokens)  # [B]: rows may differ (speculative decoding)
-    last_slot = tf.shape(tokens)[1] - 1
-    width = tf.shape(word_ids)[1]
-    offsets = tf.range(1, width)  # d = 1 .. M - 1
-    context_slot = cur_len[:, None] - offsets[None, :]  # [B, M-1]
-    context_slot_clipped = tf.clip_by_value(context_slot, 0, last_slot)
-    context_token = tf.gather(tokens, context_slot_clipped, batch_dims=1)  # [B, M-1]
-    context_ok = (context_slot >= 0) & tf.gather(token_mask, context_slot_clipped, batch_dims=1)
-    word_pos = lengths[:, None] - 1 - offsets[None, :]  # [N, M-1]
-    needed = word_pos >= 0
-    word_token = tf.gather(word_ids, tf.clip_by_value(word_pos, 0, width - 1), batch_dims=1)
-    agrees = context_ok[:, None, :] & (context_token[:, None, :] == word_token[None, :, :])
-    return tf.reduce_all(~needed[None, :, :] | agrees, axis=-1) & (lengths > 0)[None, :]
