@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -369,7 +370,8 @@ def main():
                 print(f"{law:58s} {name:16s} {cell(results[law][name]):16s} {results[law][name]['seconds']:7.1f}s",
                       flush=True)
             # Written after every law, so an interrupted run still leaves what it found.
-            this_run = dict(command="nice -n 10 python tools/law_report.py " + " ".join(sys.argv[1:]),
+            nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""  # the priority it really ran at
+            this_run = dict(command=nice + shlex.join(["python", "tools/law_report.py"] + sys.argv[1:]),
                             date=time.strftime("%Y-%m-%d"), minutes=(time.perf_counter() - begin) / 60,
                             eos_ids=frequent)
             meta = dict(runs=runs + [this_run], transformers=transformers.__version__, torch=torch.__version__,
