@@ -411,9 +411,7 @@ def _decode_batch(lm, batch: list[_Item], checked: GenerationOptions, jit_compil
     new = out.sequences[:, width:]
     texts = lm.tokenizer.decode_batch(new, skip_ids=set(eos) | {pad_id})
     if checked.stop_strings is not None and trim_stop_strings:  # cut before the stop string
-        per_prompt = len(texts) // len(batch)
-        texts = [stop_strings.trim_stop_string(text, checked.stop_strings, prefix=batch[i // per_prompt].prompt)
-                 for i, text in enumerate(texts)]
+        texts = stop_strings.trim_texts(texts, checked.stop_strings, [it.prompt for it in batch])
     # Tokens generated per row: up to and including the first EOS.
     is_eos = np.isin(new, eos) if eos else np.zeros(new.shape, bool)
     lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, new.shape[1])

@@ -277,10 +277,9 @@ class LanguageModel:
         stop = encoded.options.stop_strings
         if stop is None or not trim:
             return texts
-        from .stop_strings import trim_stop_string
+        from .stop_strings import trim_texts
 
-        per_prompt = len(texts) // len(prompts)
-        return [trim_stop_string(text, stop, prefix=prompts[i // per_prompt]) for i, text in enumerate(texts)]
+        return trim_texts(texts, stop, prompts)
 
     def encode_prompts(self, prompts: str | Sequence[str], **options):
         """The token side of a text call (``generate_text``, ``stream_text``).

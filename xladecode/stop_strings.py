@@ -45,7 +45,7 @@ import tensorflow as tf
 from . import validation
 
 __all__ = ["MAX_STOP_STRING_BYTES", "StopStringTables", "build_tables", "cached_tables", "encode_stop_strings",
-           "stop_string_hit", "tables_from_vocab", "trim_stop_string"]
+           "stop_string_hit", "tables_from_vocab", "trim_stop_string", "trim_texts"]
 
 #: Longest stop string accepted, in UTF-8 bytes.  The tables hold ``2 * (M - 1)``
 #: bytes per vocabulary entry (12.8 MB for GPT-2 at the limit), and each step
@@ -331,3 +331,19 @@ def trim_stop_string(text: str, stop_strings, *, keep_stop_string: bool = False,
     end, length = best[0], -best[1]
     cut = end if keep_stop_string else end - length
     return text[:max(0, cut - len(prefix))]
+
+
+def trim_texts(texts: list[str], stop_strings, prompts: list[str]) -> list[str]:
+    """:func:`trim_stop_string` (cut before the stop string) for every row of a call.
+
+    Args:
+      texts: the generated texts, ``len(prompts) * n`` of them, grouped by
+        prompt (``num_return_sequences = n``).
+      stop_strings: a string or a list of strings.
+      prompts: the prompt texts (a stop string may begin in its prompt).
+
+    Returns:
+      list of str, in the order of ``texts``.
+    """
+    per_prompt = len(texts) // len(prompts)
+    return [trim_stop_string(text, stop_strings, prefix=prompts[i // per_prompt]) for i, text in enumerate(texts)]
