@@ -33,7 +33,7 @@ SETTINGS = examples(25)
 KEEPS = [1, 3, V + 2]  # min_tokens_to_keep values (Python ints: compile keys)
 
 
-from three_ways import ThreeWays  # noqa: E402
+from three_ways import ThreeWays, assert_bit_identical, assert_matches  # noqa: E402
 
 
 def _per_keep(fn):
@@ -52,18 +52,6 @@ RENORM = ThreeWays(T.renormalize_logits)
 def reference(processor, logits, input_ids=None):
     ids = np.zeros((logits.shape[0], 1)) if input_ids is None else input_ids
     return processor(torch.as_tensor(np.asarray(ids, np.int64)), torch.tensor(logits)).numpy()
-
-
-def assert_matches(outs, ref):
-    """-inf exactly where ``ref`` has it, every other score unchanged (to 1e-5)."""
-    for out in outs:
-        np.testing.assert_array_equal(np.isneginf(out), np.isneginf(ref))
-        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-
-
-def assert_bit_identical(outs, logits):
-    for out in outs:
-        np.testing.assert_array_equal(out.view(np.uint32), np.asarray(logits, np.float32).view(np.uint32))
 
 
 # ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ SETTINGS = examples(25)  # CI sees the same examples
 # ---------------------------------------------------------------------------
 
 
-from three_ways import ThreeWays  # noqa: E402  (shared with test_new_samplers.py)
+from three_ways import ThreeWays, assert_bit_identical, assert_matches  # noqa: E402  (shared with test_new_samplers.py)
 
 RP = ThreeWays(P.repetition_penalty)
 NGRAM = ThreeWays(P.no_repeat_ngram)
@@ -53,18 +53,6 @@ def reference(processor, input_ids, logits):
     """Apply a transformers processor to numpy inputs; numpy float32 out."""
     ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
     return processor(ids, torch.tensor(logits)).numpy()
-
-
-def assert_matches(outs, ref):
-    """Every output has -inf exactly where ``ref`` does and agrees to 1e-5."""
-    for out in outs:
-        np.testing.assert_array_equal(np.isneginf(out), np.isneginf(ref))
-        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-
-
-def assert_bit_identical(outs, logits):
-    for out in outs:
-        np.testing.assert_array_equal(out.view(np.uint32), np.asarray(logits, np.float32).view(np.uint32))
 
 
 # ---------------------------------------------------------------------------

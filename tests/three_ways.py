@@ -1,7 +1,9 @@
-"""``ThreeWays``: a function run eagerly, as a graph and under XLA, each traced once."""
+"""``ThreeWays``: a function run eagerly, as a graph and under XLA, each traced once; and the
+two comparisons the processor tests make of its three outputs."""
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -24,3 +26,16 @@ class ThreeWays:
         assert self.graph.experimental_get_tracing_count() == 1, "graph retraced"
         assert self.xla.experimental_get_tracing_count() == 1, "XLA function retraced"
         return outs
+
+
+def assert_matches(outs, ref):
+    """Every output has -inf exactly where ``ref`` does and agrees to 1e-5."""
+    for out in outs:
+        np.testing.assert_array_equal(np.isneginf(out), np.isneginf(ref))
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def assert_bit_identical(outs, logits):
+    """Every output equals ``logits`` bit for bit (a processor that is off)."""
+    for out in outs:
+        np.testing.assert_array_equal(out.view(np.uint32), np.asarray(logits, np.float32).view(np.uint32))

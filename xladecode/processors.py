@@ -418,11 +418,7 @@ def bad_words(logits, tokens, token_mask, cur_len, bad_words_ids, bad_words_leng
     ``pack_bad_words``).  Rows of length 0 are inactive padding, and zero words
     returns ``logits`` unchanged.
 
-    All words are matched at once: for offset ``d = 1 .. M - 1`` (``M`` is
-    the static word width) we compare the context token at ``cur_len - d``
-    with each word's token ``d`` places before its last one, giving a
-    ``[B, n_words, M - 1]`` table; a word matches when every offset it needs
-    (``d <= l - 1``) agrees.
+    All words are matched at once, by :func:`sequences_about_to_complete`.
 
     Args:
       logits: float32 ``[B, V]``.
