@@ -17,6 +17,14 @@ from checkpoints import make_checkpoint
 
 import xladecode
 
+if os.environ.get("XLADECODE_TEST_EAGER") == "1":
+    # Mutation testing (tools/results/mutation.md): every tf.function runs its Python body
+    # eagerly, op by op, so a mutant costs no trace and no XLA compile. Tests that are about
+    # compiling (counts, XLA vs no XLA) are deselected in that run.
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+
 EOS = 5  # eos of the shared tiny model; frequent enough to fire mid-way
 
 

@@ -33,7 +33,7 @@ SETTINGS = examples(25)
 KEEPS = [1, 3, V + 2]  # min_tokens_to_keep values (Python ints: compile keys)
 
 
-from three_ways import ThreeWays, assert_bit_identical, assert_matches  # noqa: E402
+from three_ways import ThreeWays, assert_bit_identical, assert_matches, traced_once  # noqa: E402
 
 
 def _per_keep(fn):
@@ -256,7 +256,7 @@ def test_recommended_wiring_matches_generate_warper_order(logits, t, k, top_p, m
                                             top_p=tf.constant(top_p, tf.float32))))
     values = tuple(tf.constant(v, tf.float32) for v in (min_p, typical, 0.0, eta))
     out = _WARP_THEN_TRUNCATE(tf.constant(logits), options, values).numpy()
-    assert _WARP_THEN_TRUNCATE.experimental_get_tracing_count() == 1
+    assert traced_once(_WARP_THEN_TRUNCATE)
     assert_matches([out], ref)
 
 

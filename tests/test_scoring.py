@@ -16,6 +16,7 @@ from budget import examples
 
 import xladecode
 from xladecode import scoring
+from three_ways import traced_once
 
 B, T, VOCAB = 3, 8, 37  # VOCAB: the shared tiny checkpoint's (conftest.tiny_dir)
 SETTINGS = examples(8, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -66,7 +67,7 @@ def test_padded_rows_score_like_transformers_on_each_row_alone(batch, torch_tiny
         want, want_ppl = hf_row(torch_tiny, ids[row, T - n:])
         np.testing.assert_allclose(logprobs[row, T - n:], want, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(ppl[row], want_ppl, rtol=1e-4)
-    assert score_xla.experimental_get_tracing_count() == 1
+    assert traced_once(score_xla)
 
 
 @SETTINGS

@@ -394,9 +394,53 @@ def test_prompt_lookup_proposes_what_transformers_proposes(rows, k, ngram):
     seq = tf.constant([context[:-1] + [context[-1]] + [0] * (width - len(context))], tf.int32)
     options = type("O", (), {"pad_token_id": tf.constant(0)})()
     c = DraftContext(seq, tf.constant([1]), tf.ones([1, len(context) - 1], tf.int32), None, options, None, False)
-    draft, _ = PromptLookupDrafter(k, ngram).propose(c, ())
+    drafter = PromptLookupDrafter(k, ngram)  # backoff on: it cannot matter before the first draft
+    draft, _ = drafter.propose(c, drafter.start(seq, None, None))
     got = draft.tokens.numpy()[0][draft.valid.numpy()[0]].tolist()
     assert got == want, f"context {context}: got {got}, transformers {want}"
+
+
+def _lookup_rounds(drafter, first_tokens, rounds, accept):
+    """Runs ``drafter.propose`` for ``rounds`` iterations on one row over the alphabet {1, 2}
+    (with ngram 1 a match always exists). An iteration that drafts emits the first
+    ``accept(i)`` draft tokens, then the other letter than the next draft token (a
+    rejection); one that does not draft emits one token. Returns the iterations that drafted."""
+    context = list(first_tokens)
+    width = len(context) + rounds * (drafter.k + 1) + 1
+    options = type("O", (), {"pad_token_id": tf.constant(0)})()
+    prompt = tf.ones([1, len(context)], tf.int32)
+    state = drafter.start(tf.zeros([1, len(context)], tf.int32), None, None)
+    drafted = []
+    for i in range(rounds):
+        seq = tf.constant([context + [0] * (width - len(context))], tf.int32)
+        c = DraftContext(seq, tf.constant([len(context) - len(first_tokens)]), prompt, None, options, None, False)
+        draft, state = drafter.propose(c, state)
+        tokens, valid = draft.tokens.numpy()[0].tolist(), draft.valid.numpy()[0]
+        if valid[0]:
+            drafted.append(i)
+            n = accept(i)
+            context += tokens[:n] + ([3 - tokens[n]] if n < drafter.k and valid[n] else [1])
+        else:
+            context.append(1 + i % 2)
+    return drafted
+
+
+def test_prompt_lookup_backs_off_after_drafts_that_do_not_pay():
+    # No draft ever pays: skips of 1, 2, 4, then 4 (the cap): drafts at 0, 2, 5, 10, 15, 20.
+    assert _lookup_rounds(PromptLookupDrafter(2, ngram=1, max_backoff=4), [1, 2, 1], 22,
+                          accept=lambda i: 0) == [0, 2, 5, 10, 15, 20]
+    # A draft that pays (k = 2: one token accepted) resets the backoff: lost at 0 (skip 1),
+    # paid at 2, lost at 3 (skip 1 again, not 2), lost at 5 (skip 2).
+    assert _lookup_rounds(PromptLookupDrafter(2, ngram=1, max_backoff=4), [1, 2, 1], 9,
+                          accept=lambda i: 1 if i == 2 else 0) == [0, 2, 3, 5, 8]
+    # k = 4 needs 2 accepted tokens to pay: one accepted token is still a loss.
+    assert _lookup_rounds(PromptLookupDrafter(4, ngram=1, max_backoff=4), [1, 2, 1], 6,
+                          accept=lambda i: 1) == [0, 2, 5]
+    assert _lookup_rounds(PromptLookupDrafter(4, ngram=1, max_backoff=4), [1, 2, 1], 4,
+                          accept=lambda i: 2) == [0, 1, 2, 3]
+    # max_backoff = 0 is transformers' rule: draft whenever there is a match.
+    assert _lookup_rounds(PromptLookupDrafter(2, ngram=1, max_backoff=0), [1, 2, 1], 6,
+                          accept=lambda i: 0) == [0, 1, 2, 3, 4, 5]
 
 
 def test_per_row_processors_equal_one_row_at_a_time():
@@ -424,6 +468,8 @@ def test_bad_arguments_are_refused_before_tracing(tiny_lm):
         PromptLookupDrafter(0)
     with pytest.raises(ValueError, match="max_matching_ngram_size"):
         PromptLookupDrafter(3, ngram=0)
+    with pytest.raises(ValueError, match="prompt_lookup_max_backoff"):
+        PromptLookupDrafter(3, max_backoff=drafters.MAX_BACKOFF + 1)
     with pytest.raises(ValueError, match="num_assistant_tokens"):
         ModelDrafter(tiny_lm.model, drafters.MAX_DRAFT_TOKENS + 1)
     with pytest.raises(ValueError, match="assistant_model.*vocab_size"):

@@ -16,9 +16,9 @@ Two are provided, with transformers' names in brackets:
 Everything is per row and fixed-size: a row with nothing to propose marks its
 draft positions invalid (``Draft.valid``) instead of proposing fewer tokens.
 
-The per-row buffer helpers (:func:`write_spans`, :func:`context_mask`) and the
-random-stream counter (:func:`rng_counter`) live here because drafters and the
-verifier both use them.
+The per-row helpers (:func:`write_spans`, :func:`context_mask`,
+:func:`leading_run`) and the random-stream counter (:func:`rng_counter`) live
+here because drafters and the verifier both use them.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from . import validation
 MAX_DRAFT_TOKENS = 32
 #: Largest prompt-lookup n-gram (transformers' ``max_matching_ngram_size``, default 2).
 MAX_NGRAM = 16
+#: Largest prompt-lookup backoff, in iterations (see :class:`PromptLookupDrafter`).
+MAX_BACKOFF = 1024
 
 # Independent random streams per new-token index (see rng_counter).
 DRAFT_STREAM, ACCEPT_STREAM, RESAMPLE_STREAM = 0, 1, 2
@@ -99,6 +101,14 @@ def rng_counter(new_token_index: tf.Tensor, stream: int) -> tf.Tensor:
     return _NUM_STREAMS * tf.cast(new_token_index, tf.int32) + stream
 
 
+def leading_run(passed: tf.Tensor) -> tf.Tensor:
+    """int32 ``[B]``: how many leading entries of each row of bool ``[B, m]`` are True.
+
+    Example: leading_run([[True, True, False, True], [False, True, True, True]]) -> [2, 0].
+    """
+    return tf.reduce_sum(tf.math.cumprod(tf.cast(passed, tf.int32), axis=1), axis=1)
+
+
 def write_spans(buffer: tf.Tensor, values: tf.Tensor, first: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
     """``buffer[b, first[b] + j] = values[b, j]`` for ``j < count[b]``; other columns unchanged.
 
@@ -139,6 +149,16 @@ def _shift_right(x: tf.Tensor, d: int, fill) -> tf.Tensor:
 
 
 # ------------------------------------------------------------ prompt lookup
+class LookupBackoff(NamedTuple):
+    """Per-row loop state of :class:`PromptLookupDrafter`'s backoff."""
+
+    first_column: tf.Tensor  # int32 [B]: column of the last draft's first token
+    draft: tf.Tensor  # int32 [B, k]: the last draft's tokens
+    valid: tf.Tensor  # bool [B, k]: which of them were proposed (all False: the row did not draft)
+    skip: tf.Tensor  # int32 [B]: iterations left in which this row does not draft
+    penalty: tf.Tensor  # int32 [B]: the skip length of the last losing draft (0 after one that paid)
+
+
 class PromptLookupDrafter:
     """Drafts by copying from the row's own context: no model, one-hot ``q``.
 
@@ -152,27 +172,51 @@ class PromptLookupDrafter:
     Example, k = 2, ngram = 2, context ``[5, 6, 7, 8, 5, 6]``: the tail
     ``[5, 6]`` occurs at columns 0-1, so the draft is ``[7, 8]``.
 
+    **Backoff.** On free text most matches are chance ones, and verifying a
+    draft costs a ``k + 1``-position forward (here ~3x a one-token step, see
+    the README). A draft *pays* when at least half of its ``k`` tokens
+    (rounded up) are accepted. After a draft that does not pay, the row stops
+    drafting for 1 iteration; after its next such draft for 2, then 4, 8 ...
+    up to ``max_backoff``; a draft that pays resets this. The rule reads only
+    the row's own history (how many of its last draft's tokens are now
+    written in its context), so rows stay independent of their neighbours,
+    and it changes which positions are verified, never the output (greedy
+    tokens are plain greedy's; sampling keeps the target's distribution).
+    When no row of the batch drafts, the verifier runs one position only
+    (``speculative._iteration``): plain decoding's cost.
+
+    Example, ``max_backoff = 4``, no draft ever pays: the row drafts in
+    iterations 0, 2, 5, 10, 15, 20, ... (skips of 1, 2, 4, 4, ...).
+
     Args:
       k: tokens per draft (transformers' ``prompt_lookup_num_tokens``).
       ngram: longest n-gram matched (transformers' ``max_matching_ngram_size``;
         transformers defaults to 2).
+      max_backoff: longest skip, in iterations; 0 = draft whenever a match
+        exists (transformers' behaviour).
     """
 
-    def __init__(self, k: int, ngram: int = 2):
+    def __init__(self, k: int, ngram: int = 2, max_backoff: int = 16):
         self.k = validation.integer("prompt_lookup_num_tokens", k, 1, MAX_DRAFT_TOKENS)
         self.ngram = validation.integer("max_matching_ngram_size", ngram, 1, MAX_NGRAM)
+        self.max_backoff = validation.integer("prompt_lookup_max_backoff", max_backoff, 0, MAX_BACKOFF)
 
     def compile_key(self) -> tuple:
-        return ("prompt_lookup", self.k, self.ngram)
+        return ("prompt_lookup", self.k, self.ngram, self.max_backoff)
 
     def check(self, model) -> None:
         """Any model can be drafted for: nothing to check."""
 
     def start(self, input_ids, attention_mask, key_mask):
-        return ()
+        """The backoff state (:class:`LookupBackoff`, nothing drafted yet); ``()`` without backoff."""
+        if not self.max_backoff:
+            return ()
+        zero = tf.zeros([input_ids.shape[0]], tf.int32)
+        none = tf.zeros([input_ids.shape[0], self.k], tf.int32)
+        return LookupBackoff(zero, none, tf.cast(none, tf.bool), zero, zero)
 
     def propose(self, context: DraftContext, state) -> tuple[Draft, Any]:
-        """See :class:`Drafter`; ``state`` is ``()``."""
+        """See :class:`Drafter`; ``state`` is :meth:`start`'s."""
         seq = context.sequences
         length = seq.shape[1]
         end = context.prompt_mask.shape[1] + context.generated  # [B] first unwritten column
@@ -184,8 +228,32 @@ class PromptLookupDrafter:
             start = tf.where(start < length, start, first + n)  # larger n already found: keep it
         draft_columns = start[:, tf.newaxis] + tf.range(self.k)  # [B, k]
         valid = draft_columns < end[:, tf.newaxis]  # also False when nothing matched (start = L)
+        if self.max_backoff:
+            skip, penalty = self._backoff(seq, state)
+            valid &= (skip == 0)[:, tf.newaxis]
         copied = tf.gather(seq, tf.minimum(draft_columns, length - 1), batch_dims=1)
-        return Draft(tf.where(valid, copied, context.options.pad_token_id), valid, None), state
+        tokens = tf.where(valid, copied, context.options.pad_token_id)
+        if self.max_backoff:
+            state = LookupBackoff(end, tokens, valid, skip, penalty)
+        return Draft(tokens, valid, None), state
+
+    def _backoff(self, seq, state: LookupBackoff):
+        """``(skip, penalty)`` int32 ``[B]`` for this iteration, from the fate of the last draft.
+
+        An accepted draft token is written as it was proposed, and a rejected
+        one never is (greedy writes the target's different argmax; sampling
+        resamples from a residual that excludes it), so the accepted count is
+        the leading run of the draft that equals the context at its columns.
+        """
+        columns = tf.minimum(state.first_column[:, tf.newaxis] + tf.range(self.k), seq.shape[1] - 1)
+        written = tf.gather(seq, columns, batch_dims=1)
+        accepted = leading_run(state.valid & tf.equal(written, state.draft))
+        drafted = state.valid[:, 0]
+        lost = drafted & (accepted < (self.k + 1) // 2)
+        penalty = tf.where(lost, tf.minimum(tf.maximum(2 * state.penalty, 1), self.max_backoff),
+                           tf.where(drafted, 0, state.penalty))
+        skip = tf.where(lost, penalty, tf.maximum(state.skip - 1, 0))
+        return skip, penalty
 
     @staticmethod
     def _first_match(seq, real, end, n, columns, length):

@@ -235,11 +235,6 @@ def _process(logits, s, c: _Constants, draft: Draft):
     return tf.reshape(processed, [batch, w, vocab])
 
 
-def _leading_run(passed):
-    """int32 ``[B]``: how many leading entries of each row of bool ``[B, m]`` are True."""
-    return tf.reduce_sum(tf.math.cumprod(tf.cast(passed, tf.int32), axis=1), axis=1)
-
-
 def _logprobs(chosen_from, tokens):
     """log_softmax(chosen_from)[token] at each position: ``[B, w, V]``, ``[B, w]`` -> ``[B, w]``."""
     return tf.gather(chosen_from, tokens, batch_dims=2) - tf.reduce_logsumexp(chosen_from, axis=-1)
@@ -248,7 +243,7 @@ def _logprobs(chosen_from, tokens):
 def _greedy_rule(processed, draft: Draft):
     """Longest prefix of drafts equal to the target's argmax, plus the target's next token."""
     best = tf.argmax(processed, axis=-1, output_type=tf.int32)  # [B, w]
-    accepted = _leading_run(draft.valid & tf.equal(draft.tokens, best[:, :-1]))
+    accepted = drafters.leading_run(draft.valid & tf.equal(draft.tokens, best[:, :-1]))
     return best, accepted, _logprobs(processed, best)
 
 
@@ -297,7 +292,7 @@ def _sampling_rule(warped, s, c: _Constants, draft: Draft):
     alpha = acceptance_probabilities(p[:, :-1], q_at_draft, draft.tokens, draft.valid)
     u = tf.stack([_uniform(c.keys, index[:, j], drafters.ACCEPT_STREAM) for j in range(w - 1)], 1) \
         if w > 1 else tf.zeros_like(alpha)
-    accepted = _leading_run(u < alpha)
+    accepted = drafters.leading_run(u < alpha)
     # Position `accepted`: a rejected draft (resample from the residual) or, past the drafts, the bonus (from p).
     p_next = tf.gather(p, accepted, batch_dims=1)  # [B, V]
     rejected = accepted < w - 1
