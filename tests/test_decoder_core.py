@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from xladecode import kv_cache, positions as pos, sampling
+from xladecode import decoding, kv_cache, positions as pos, sampling
 
 # ------------------------------------------------------------------ positions
 
@@ -148,3 +148,18 @@ def test_gumbel_sample_is_the_argmax_of_logits_plus_gumbel_noise():
         noise = np.stack([-np.log(-np.log(uniform_ref(int(k), step, 5).astype(np.float32))) for k in keys])
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, np.argmax(logits + noise, -1))
+
+
+def test_options_off_process_nothing():
+    # Every option at its off value: the processors leave the logits as they are, and the
+    # token masks are bool (the processors' tf.reduce_any needs bool).
+    options = decoding.DecodeOptions.off(4)
+    assert options.suppress_mask.dtype == tf.bool and options.eos_mask.dtype == tf.bool
+    logits = tf.constant([[0.5, -1.0, 2.0, 0.0]])
+    tokens, mask = tf.constant([[1, 2]]), tf.constant([[True, True]])
+    out = decoding.process_logits(logits, tokens, mask, tf.constant(2), tf.constant(0), options)
+    np.testing.assert_array_equal(out.numpy(), logits.numpy())
+    # With an EOS id set on top, still nothing: min_new_tokens is off too, so EOS is not banned.
+    with_eos = decoding.DecodeOptions.off(4, eos_mask=tf.constant([False, False, True, False]))
+    out = decoding.process_logits(logits, tokens, mask, tf.constant(2), tf.constant(0), with_eos)
+    np.testing.assert_array_equal(out.numpy(), logits.numpy())

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from xladecode import beam_search, decoding
+from xladecode.decoding import DecodeOptions
 from xladecode.lm import LanguageModel
 
 EOS, PAD, V = 5, 0, 6
@@ -126,3 +128,21 @@ def test_one_compiled_program_serves_every_option_value(lm):
     for top_k, temperature in [(1, 0.5), (2, 1.0), (0, 2.0)]:
         lm.generate([[2]], max_new_tokens=3, do_sample=True, top_k=top_k, temperature=temperature, seed=(2, 2))
     assert lm.compile_count == before
+
+
+def test_options_built_off_decode_plain_greedy_and_beams():
+    """``DecodeOptions.off``: one new token, pad 0, no EOS, no processor or warper, lp 1."""
+    model, ids = BigramModel(), tf.constant([[1]])
+    off = DecodeOptions.off(V)
+    logits = tf.constant([[0.5, -1.0, 2.0, 0.0, 1.0, -3.0]])
+    np.testing.assert_array_equal(decoding.warp_logits(logits, off).numpy(), logits.numpy())
+    seq, scores = decoding.sample_loop(model, ids, tf.ones_like(ids), off, 2, do_sample=False)
+    assert seq.numpy().tolist() == [[1, 2, 0]]  # 1 -> 2 (.60), then the buffer's pad
+    np.testing.assert_allclose(scores.numpy(), [[math.log(.6), 0.0]], atol=1e-6)
+    seq, _ = decoding.sample_loop(model, ids, tf.ones_like(ids), off, 2, do_sample=True)
+    assert seq.shape == (1, 3) and seq.numpy()[0, 1] in (2, 3) and seq.numpy()[0, 2] == 0
+    # Beams, 3 tokens, no EOS: 12 / 13, then 135 (.36) and 124 (.33), then 1243 (.231) and 1245 (.099).
+    seq, _, seq_scores = beam_search.beam_search(model, ids, tf.ones_like(ids),
+                                                 DecodeOptions.off(V, max_new_tokens=tf.constant(3)), 3, 2, 2)
+    assert seq.numpy().tolist() == [[1, 2, 4, 3], [1, 2, 4, 5]]
+    np.testing.assert_allclose(seq_scores.numpy(), [math.log(.231) / 3, math.log(.099) / 3], atol=1e-5)

@@ -189,6 +189,15 @@ def test_min_tokens_to_keep_keeps_the_whole_tie_group():
     assert np.isfinite(ref).sum(-1).tolist() == [2] * B
 
 
+@pytest.mark.parametrize("warper, value", [(T.min_p, 0.5), (T.typical_p, 0.5), (T.epsilon_cutoff, 0.1),
+                                           (T.eta_cutoff, 0.1)])
+def test_truncation_keeps_one_token_by_default(warper, value):
+    # p = [.98, .0066 x 3]: each warper's rule leaves only the first token, and the default
+    # min_tokens_to_keep (1, as transformers') adds none back.
+    out = warper(tf.constant([[5.0, 0.0, 0.0, 0.0]]), tf.constant(value)).numpy()
+    assert np.isfinite(out).tolist() == [[True, False, False, False]]
+
+
 def test_off_values_are_bit_exact_no_ops():
     # min_p = 0, epsilon = 0, eta = 0 remove nothing even when run, and
     # truncate() with everything off (typical_p = 1) skips every warper.
@@ -345,6 +354,28 @@ def test_pack_sequence_bias_forms_and_padding():
 def test_pack_sequence_bias_rejects_bad_input(value, match):
     with pytest.raises(ValueError, match=match):
         SB.pack_sequence_bias(value, 5)
+
+
+def test_pack_sequence_bias_accepts_a_bare_id_and_numpy_sequences():
+    ids, lengths, values = SB.pack_sequence_bias({3: -1.0}, 5)  # a bare id is a one-token sequence
+    assert ids.tolist() == [[3]] and lengths.tolist() == [1] and values.tolist() == [-1.0]
+    ids, lengths, _ = SB.pack_sequence_bias([[np.array([1, 2]), 2.5]], 5)
+    assert ids.tolist() == [[1, 2]] and lengths.tolist() == [2]
+
+
+def test_pack_sequence_bias_errors_name_the_entry():
+    with pytest.raises(ValueError, match="sequence 1 contains 9"):
+        SB.pack_sequence_bias({(1,): 1.0, (9,): 1.0}, 5)
+    with pytest.raises(ValueError, match="bias 1 is nan"):
+        SB.pack_sequence_bias({(1,): 1.0, (2,): float("nan")}, 5)
+
+
+def test_sequence_bias_takes_int64_tables():
+    ids, lengths, values = SB.pack_sequence_bias({(3,): -1.0, (1, 2): 2.5}, vocab_size=4)
+    tokens, mask = tf.constant([[0, 1, 0]]), tf.constant([[True, True, False]])
+    out = SB.sequence_bias(tf.zeros([1, 4]), tokens, mask, tf.constant(2), ids.astype(np.int64),
+                           lengths.astype(np.int64), values)
+    assert out.numpy().tolist() == [[0.0, 0.0, 2.5, -1.0]]
 
 
 def test_pack_sequence_bias_shape_limits():
