@@ -22,8 +22,12 @@ if os.environ.get("XLADECODE_TEST_EAGER") == "1":
     # eagerly, op by op, so a mutant costs no trace and no XLA compile. Tests that are about
     # compiling (counts, XLA vs no XLA) are deselected in that run.
     import tensorflow as tf
+    from hypothesis import Phase, settings
 
     tf.config.run_functions_eagerly(True)
+    # A killed mutant needs one failing example, not the smallest one: no shrinking.
+    settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.load_profile("mutation")
 
 EOS = 5  # eos of the shared tiny model; frequent enough to fire mid-way
 

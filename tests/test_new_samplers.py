@@ -198,6 +198,32 @@ def test_truncation_keeps_one_token_by_default(warper, value):
     assert np.isfinite(out).tolist() == [[True, False, False, False]]
 
 
+@pytest.mark.parametrize("which, warper, value", [(0, T.min_p, 0.5), (1, T.typical_p, 0.5),
+                                                  (2, T.epsilon_cutoff, 0.1), (3, T.eta_cutoff, 0.1)])
+def test_truncate_runs_each_warper_alone_with_its_floor(which, warper, value):
+    # truncate(min_p, typical, epsilon, eta) with only one warper on is that warper, and
+    # min_tokens_to_keep reaches it: keep 2 -> the two best tokens of p = [.98, .0066 x 3].
+    logits = tf.constant([[5.0, 0.0, -0.1, -0.2]])
+    args = [tf.constant(x) for x in (0.0, 1.0, 0.0, 0.0)]
+    args[which] = tf.constant(value)
+    for keep in (1, 2):
+        got = T.truncate(logits, *args, min_tokens_to_keep=keep).numpy()
+        np.testing.assert_array_equal(got, warper(logits, tf.constant(value), keep).numpy())
+        assert np.isfinite(got).sum() == keep
+    options = DecodeOptions.off(4, **{("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")[which]:
+                                      tf.constant(value)})
+    assert np.isfinite(warp_logits(logits, options, min_tokens_to_keep=2).numpy()).sum() == 2
+
+
+def test_typical_p_one_is_off_even_when_another_warper_is_on():
+    # p = [1 - 6e-9, 2e-9 x 3]: in float32 the first token alone already sums to 1.0, so running
+    # typical_p with mass 1 would drop the other three. mass 1 is off: min_p's result stands.
+    logits, tiny = tf.constant([[20.0, 0.0, 0.0, 0.0]]), tf.constant(1e-12)
+    got = T.truncate(logits, tiny, tf.constant(1.0), tf.constant(0.0), tf.constant(0.0)).numpy()
+    np.testing.assert_array_equal(got, T.min_p(logits, tiny).numpy())
+    assert np.isfinite(got).all()
+
+
 def test_off_values_are_bit_exact_no_ops():
     # min_p = 0, epsilon = 0, eta = 0 remove nothing even when run, and
     # truncate() with everything off (typical_p = 1) skips every warper.
