@@ -152,8 +152,8 @@ class GenerationOptions:
     max_matching_ngram_size: int = _option(2, Spec("int", "prompt lookup: longest n-gram matched", 1, 16,
                                                    role="compile"))
     prompt_lookup_max_backoff: int = _option(16, Spec(
-        "int", "prompt lookup: after a draft's first token is rejected, the row skips drafting for 1, 2, 4 "
-        ".. up to this many iterations; 0 = never skip", 0, 1024, role="compile"))
+        "int", "prompt lookup: after a draft with fewer than half its tokens accepted, the row skips "
+        "drafting for 1, 2, 4 .. up to this many iterations; 0 = never skip", 0, 1024, role="compile"))
     assistant_model: Any = _option(None, Spec("model", "speculate with this draft model (same vocabulary)",
                                               role="compile"))
     num_assistant_tokens: int = _option(4, Spec("int", "tokens per draft of assistant_model", 1, 32,
