@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from xladecode import decoding, kv_cache, positions as pos, sampling
+from xladecode import decoding, kv_cache, positions as pos, processors, sampling, stop_strings
+from xladecode.sequence_bias import pack_sequence_bias
 
 # ------------------------------------------------------------------ positions
 
@@ -163,3 +164,143 @@ def test_options_off_process_nothing():
     with_eos = decoding.DecodeOptions.off(4, eos_mask=tf.constant([False, False, True, False]))
     out = decoding.process_logits(logits, tokens, mask, tf.constant(2), tf.constant(0), with_eos)
     np.testing.assert_array_equal(out.numpy(), logits.numpy())
+
+
+# ------------------------------------------------------------------ decoding's verbs
+# (warp_logits, choose_tokens and the loop, on hand-written logits; these kill
+# survivors of mutation run 2, see tools/results/mutation.md)
+
+NEG_INF = -np.inf
+
+
+def test_warp_logits_divides_by_the_temperature_and_treats_zero_as_one():
+    logits = tf.constant([[2.0, 0.0, -2.0]])
+    halved = decoding.warp_logits(logits, decoding.DecodeOptions.off(3, temperature=tf.constant(0.5)))
+    np.testing.assert_array_equal(halved.numpy(), [[4.0, 0.0, -4.0]])
+    # 0 means greedy, which the caller handles; warp_logits must not divide by it.
+    zero = decoding.warp_logits(logits, decoding.DecodeOptions.off(3, temperature=tf.constant(0.0)))
+    np.testing.assert_array_equal(zero.numpy(), logits.numpy())
+
+
+def test_warp_logits_passes_its_floor_to_the_truncation_warpers():
+    # probs ~ [.64, .24, .09, .03]; min_p = 0.9 keeps only token 0 (0.24 < 0.9 * 0.64) ...
+    logits = tf.constant([[0.0, -1.0, -2.0, -3.0]])
+    options = decoding.DecodeOptions.off(4, min_p=tf.constant(0.9))
+    np.testing.assert_array_equal(decoding.warp_logits(logits, options).numpy(),
+                                  [[0.0, NEG_INF, NEG_INF, NEG_INF]])
+    # ... unless the floor says 3 (beam sampling passes number of EOS ids + 1).
+    np.testing.assert_array_equal(decoding.warp_logits(logits, options, min_tokens_to_keep=3).numpy(),
+                                  [[0.0, -1.0, -2.0, NEG_INF]])
+
+
+def test_top_k_fast_path_runs_exactly_for_k_from_1_to_256():
+    # The one documented difference of the fast path (warp_logits' docstring): when the
+    # k-th best score ties with scores outside the 256-candidate pool, only the tied tokens
+    # inside the pool survive, where the full-vocabulary filters keep the whole tie group.
+    # 300 equal logits make the path visible: 256 survivors = pool, 300 = full vocabulary.
+    logits = tf.zeros([1, 300])
+
+    def survivors(**values):
+        warped = decoding.warp_logits(logits, decoding.DecodeOptions.off(300, **values)).numpy()
+        return int(np.isfinite(warped).sum())
+
+    assert survivors(top_k=tf.constant(1)) == 256
+    assert survivors(top_k=tf.constant(256)) == 256
+    assert survivors(top_k=tf.constant(257)) == 300
+    assert survivors(top_k=tf.constant(0), top_p=tf.constant(0.5)) == 300  # top-p alone: full vocabulary
+    assert survivors() == 300  # both off
+
+
+def test_temperature_zero_samples_greedily():
+    # do_sample with temperature 0 is greedy: the argmax, scored under the unwarped logits.
+    # 64 rows of near-uniform logits: a sampler at temperature 1 would pick token 1 in only
+    # about a third of them.
+    processed = tf.tile(tf.constant([[0.0, 0.01, 0.0]]), [64, 1])
+    keys = tf.cast(tf.range(64), tf.uint32)
+    options = decoding.DecodeOptions.off(3, temperature=tf.constant(0.0))
+    tokens, logprobs = decoding.choose_tokens(processed, options, keys, tf.constant(0), do_sample=True)
+    np.testing.assert_array_equal(tokens.numpy(), np.ones(64))
+    want = 0.01 - np.log(2 + np.exp(0.01))
+    np.testing.assert_allclose(logprobs.numpy(), np.full(64, want), rtol=1e-6)
+
+
+class ConstantModel:
+    """A protocol model whose next-token logits are always ``[0, 3, 2, 1]``."""
+
+    vocab_size, max_positions = 4, 16
+
+    def init_cache(self, batch_size: int, max_length: int):
+        return tf.zeros([batch_size, max_length], tf.int32)
+
+    def step(self, input_ids, positions, cache, cache_index, key_mask):
+        return tf.tile(tf.constant([[0.0, 3.0, 2.0, 1.0]]), [input_ids.shape[0], 1]), cache
+
+
+def test_the_loop_runs_the_processors_on_the_tokens_written_so_far():
+    # no_repeat_ngram_size = 1 bans every token already in the row (a padded slot is not
+    # in it). Greedy picks the best token not yet seen, by [0, 3, 2, 1]:
+    #   row 0, prompt [2]:        bans {2}     -> 1; {2, 1} -> 3; {2, 1, 3} -> 0
+    #   row 1, prompt [3, 1]:     bans {3, 1}  -> 2; {3, 1, 2} -> 0; all banned -> argmax of
+    #                             four -inf = 0 (a real decode would stop on EOS before this)
+    ids = tf.constant([[0, 2], [3, 1]])
+    mask = tf.constant([[0, 1], [1, 1]])
+    options = decoding.DecodeOptions.off(4, max_new_tokens=tf.constant(3), no_repeat_ngram_size=tf.constant(1),
+                                         seeds=tf.zeros([2, 2], tf.int32), sample_index=tf.zeros([2], tf.int32))
+    sequences, _ = decoding.sample_loop(ConstantModel(), ids, mask, options, 3, do_sample=False)
+    np.testing.assert_array_equal(sequences.numpy(), [[0, 2, 1, 3, 0], [3, 1, 2, 0, 0]])
+
+
+def test_process_logits_runs_each_processor_at_its_value():
+    # One row, tokens written so far [1, 2] (cur_len 2), vocabulary of 5, each option alone.
+    logits = tf.constant([[0.5, -1.0, 2.0, 0.0, 1.0]])
+    tokens, mask = tf.constant([[1, 2]]), tf.constant([[True, True]])
+
+    def run(step=0, **values):
+        options = decoding.DecodeOptions.off(5, **values)
+        return decoding.process_logits(logits, tokens, mask, tf.constant(2), tf.constant(step), options).numpy()
+
+    def ids(*marked):
+        return tf.constant([i in marked for i in range(5)])
+
+    # Repetition penalty 2 on the seen tokens 1 and 2: negative x 2, positive / 2.
+    np.testing.assert_array_equal(run(repetition_penalty=tf.constant(2.0)), [[0.5, -2.0, 1.0, 0.0, 1.0]])
+    # no_repeat_ngram 1: every seen token is banned.
+    np.testing.assert_array_equal(run(no_repeat_ngram_size=tf.constant(1)),
+                                  [[0.5, NEG_INF, NEG_INF, 0.0, 1.0]])
+    # Bad words [4] (always) and [2, 3] (3 after a 2: the row ends in 2).
+    words, lengths = processors.pack_bad_words([[4], [2, 3]], 5)
+    np.testing.assert_array_equal(run(bad_words_ids=tf.constant(words), bad_words_lengths=tf.constant(lengths)),
+                                  [[0.5, -1.0, 2.0, NEG_INF, NEG_INF]])
+    # min_new_tokens 2 bans EOS (4) at steps 0 and 1, not at step 2.
+    eos = dict(eos_mask=ids(4), min_new_tokens=tf.constant(2))
+    np.testing.assert_array_equal(run(step=1, **eos), [[0.5, -1.0, 2.0, 0.0, NEG_INF]])
+    np.testing.assert_array_equal(run(step=2, **eos), logits.numpy())
+    # suppress_tokens [0].
+    np.testing.assert_array_equal(run(suppress_mask=ids(0)), [[NEG_INF, -1.0, 2.0, 0.0, 1.0]])
+    # Forced EOS (3) on the last of 3 steps only.
+    forced = dict(forced_eos_mask=ids(3), max_new_tokens=tf.constant(3))
+    np.testing.assert_array_equal(run(step=2, **forced), [[NEG_INF, NEG_INF, NEG_INF, 0.0, NEG_INF]])
+    np.testing.assert_array_equal(run(step=1, **forced), logits.numpy())
+    # Sequence bias: one sequence (2, 0) adds 1.5 to token 0 after a 2; a second, (4,), adds -2.5 always.
+    one = decoding.sequence_bias_fields(pack_sequence_bias({(2, 0): 1.5}, 5))
+    np.testing.assert_array_equal(run(**one), [[2.0, -1.0, 2.0, 0.0, 1.0]])
+    two = decoding.sequence_bias_fields(pack_sequence_bias({(2, 0): 1.5, (4,): -2.5}, 5))
+    np.testing.assert_array_equal(run(**two), [[2.0, -1.0, 2.0, 0.0, -1.5]])
+
+
+def test_end_on_stop_strings_reads_the_tables_it_is_given():
+    # Tokens 0..3 are the bytes "st", "op", "x", "a"; the stop string is "stop".
+    tables = stop_strings.tables_from_vocab([b"st", b"op", b"x", b"a"], ["stop"])
+    options = decoding.DecodeOptions.off(4, **decoding.stop_string_fields(tables))
+    tokens = tf.constant([[0, 1], [1, 0], [2, 2]])  # "stop", "opst", "xx"
+    mask = tf.ones([3, 2], tf.bool)
+    finished = tf.constant([False, False, True])
+    ended = decoding.end_on_stop_strings(finished, tokens, mask, tf.constant(2), options)
+    np.testing.assert_array_equal(ended.numpy(), [True, False, True])  # a finished row stays finished
+    # With only the first token written, no row has completed "stop".
+    ended = decoding.end_on_stop_strings(tf.zeros([3], tf.bool), tokens, mask, tf.constant(1), options)
+    np.testing.assert_array_equal(ended.numpy(), [False, False, False])
+    # No stop strings: ``finished`` comes back as it is.
+    off = decoding.DecodeOptions.off(4)
+    np.testing.assert_array_equal(decoding.end_on_stop_strings(finished, tokens, mask, tf.constant(2), off).numpy(),
+                                  [False, False, True])

@@ -476,3 +476,152 @@ def test_skipping_off_processors_changes_nothing(logits, prefix, penalty, n, min
     want = _chain_without_skips(*args).numpy()
     np.testing.assert_array_equal(process_logits(*args).numpy(), want)
     np.testing.assert_array_equal(_PROCESS_XLA(*args).numpy(), want)
+
+
+# ---------------------------------------------------------------------------
+# Hand-worked edge cases (mutation run 2, tools/results/mutation.md)
+# ---------------------------------------------------------------------------
+
+
+def _banned(out):
+    """The ids scored ``-inf`` in each row, as lists."""
+    return [np.flatnonzero(np.isneginf(row)).tolist() for row in np.asarray(out)]
+
+
+@pytest.mark.parametrize(
+    "tokens, mask, cur_len, n, banned",
+    [
+        # n == 0 disables, even where every window would otherwise be open.
+        ([1, 2, 3], [1, 1, 1], 3, 0, []),
+        # Context "1": the only window "1 2" bans 2; 1 and 3 stay allowed.
+        ([1, 2, 3, 1, 0], [1, 1, 1, 1, 0], 4, 2, [2]),
+        # Context "4 2": "2 3" exists but follows 5, not 4, so nothing is banned ...
+        ([5, 2, 3, 4, 2], [1, 1, 1, 1, 1], 5, 3, []),
+        # ... while after "4 2 3" the same context bans 3.
+        ([4, 2, 3, 4, 2], [1, 1, 1, 1, 1], 5, 3, [3]),
+        # A full buffer (cur_len == L): the context token is in the last slot.
+        ([1, 2, 1], [1, 1, 1], 3, 2, [2]),
+        # n == 1 with a single real token, in the last slot after padding.
+        ([7, 7, 3], [0, 0, 1], 3, 1, [3]),
+    ],
+)
+def test_no_repeat_ngram_hand_worked(tokens, mask, cur_len, n, banned):
+    out = P.no_repeat_ngram(np.zeros((1, 8), np.float32), np.array([tokens], np.int32),
+                            np.array([mask], bool), cur_len, n)
+    assert _banned(out) == [banned]
+
+
+def test_bad_words_context_in_the_last_slot_of_a_full_buffer():
+    # cur_len == L: the word "1 3" needs the token in slot L - 1 (1), not slot L - 2 (2).
+    ids, lengths = P.pack_bad_words([[1, 3]], 5)
+    tokens, mask = np.array([[2, 1]], np.int32), np.ones((1, 2), bool)
+    assert _banned(P.bad_words(np.zeros((1, 5), np.float32), tokens, mask, 2, ids, lengths)) == [[3]]
+    tokens = np.array([[1, 2]], np.int32)  # ends in 2: nothing to ban but the never-matching word
+    assert _banned(P.bad_words(np.zeros((1, 5), np.float32), tokens, mask, 2, ids, lengths)) == [[]]
+
+
+def test_out_of_vocab_ids_are_ignored():
+    # An embedding vocab larger than the output layer (V = 4): the real ids 4, 5
+    # and 9 have no score to penalise; only id 1 is penalised.
+    logits = np.array([[2.0, -2.0, 1.0, 4.0]], np.float32)
+    tokens = np.array([[1, 4, 5, 9]], np.int32)
+    out = P.repetition_penalty(logits, tokens, np.ones((1, 4), bool), np.float32(2.0)).numpy()
+    np.testing.assert_array_equal(out, [[2.0, -4.0, 1.0, 4.0]])
+
+
+def test_repetition_penalty_divides_a_zero_score_even_by_an_infinite_penalty():
+    # A score of 0 is non-negative, so it is divided (0 / inf = 0), like transformers;
+    # multiplying it would give 0 * inf = NaN.
+    logits = np.array([[0.0, -1.0, 2.0, 3.0]], np.float32)
+    tokens, mask = np.array([[0, 1, 2]], np.int32), np.ones((1, 3), bool)
+    out = P.repetition_penalty(logits, tokens, mask, np.float32(np.inf)).numpy()
+    np.testing.assert_array_equal(out, [[0.0, -np.inf, 0.0, 3.0]])
+    ref = reference(hf.RepetitionPenaltyLogitsProcessor(float("inf")), tokens, logits)
+    np.testing.assert_array_equal(ref, out)
+
+
+def test_step_per_row():
+    # Speculative decoding: each row has its own step.
+    eos = np.array([False, True, False])
+    ones = np.ones((2, 3), np.float32)
+    out = P.min_new_tokens(ones, np.array([0, 3], np.int32), 2, eos).numpy()
+    np.testing.assert_array_equal(out, [[1.0, -np.inf, 1.0], [1.0, 1.0, 1.0]])
+    out = P.forced_eos(ones, np.array([1, 3], np.int32), 4, eos).numpy()
+    np.testing.assert_array_equal(out, [[1.0, 1.0, 1.0], [-np.inf, 0.0, -np.inf]])
+
+
+def test_processors_take_numpy_int64_ids_and_01_masks():
+    # Host inputs as users build them: np.array ids are int64, scalars may be
+    # np.int64, and masks may be 0/1 integers (like transformers' attention_mask).
+    # Every processor converts them to int32 / bool itself.
+    i64, zeros, ones = np.int64, np.zeros((1, 5), np.float32), np.ones((1, 5), np.float32)
+    tokens, mask = np.array([[1, 2, 1]]), np.array([[1, 1, 1]])
+    assert tokens.dtype == mask.dtype == np.int64
+    assert P.per_row(i64(3), tokens).numpy().tolist() == [3]
+    assert P.per_row(i64(3), tokens).dtype == tf.int32
+    # "1 2" already occurred, so after "1" the token 2 is banned.
+    assert _banned(P.no_repeat_ngram(zeros, tokens, mask, i64(3), i64(2))) == [[2]]
+    # The context ends in 1: "1 2" bans 2, "4" is always banned, "2 3" does not apply.
+    words, lengths = np.array([[1, 2], [4, 0], [2, 3]]), np.array([2, 1, 2])
+    assert _banned(P.bad_words(zeros, tokens, mask, i64(3), words, lengths)) == [[2, 4]]
+    eos = np.array([0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(P.min_new_tokens(ones, i64(0), i64(2), eos), [[1, -np.inf, 1, 1, 1]])
+    np.testing.assert_array_equal(P.min_new_tokens(ones, i64(2), i64(2), eos), ones)
+    np.testing.assert_array_equal(P.forced_eos(ones, i64(3), i64(4), eos), [[-np.inf, 0, -np.inf, -np.inf, -np.inf]])
+    np.testing.assert_array_equal(P.forced_eos(ones, i64(2), i64(4), eos), ones)
+    np.testing.assert_array_equal(P.suppress_tokens(ones, np.array([1, 0, 0, 1, 0])), [[-np.inf, 1, 1, -np.inf, 1]])
+    scores = np.array([[1.0, 3.0, 2.0, 0.0, -1.0]], np.float32)
+    np.testing.assert_array_equal(P.top_k(scores, i64(2)), [[-np.inf, 3.0, 2.0, -np.inf, -np.inf]])
+
+
+def test_processors_keep_the_logits_dtype():
+    # neg_inf is "of the logits' dtype"; every processor builds its scores from
+    # the logits' dtype, so float64 logits stay float64.
+    for dtype in (tf.float16, tf.bfloat16, tf.float64):
+        value = P.neg_inf(tf.zeros([1, 2], dtype))
+        assert value.dtype == dtype and np.isneginf(float(value))
+    logits = np.ones((1, 3), np.float64)
+    eos = np.array([False, True, False])
+    out = P.forced_eos(logits, 3, 4, eos)
+    assert out.dtype == tf.float64
+    np.testing.assert_array_equal(out, [[-np.inf, 0.0, -np.inf]])
+    out = P.suppress_tokens(logits, eos)
+    assert out.dtype == tf.float64
+    np.testing.assert_array_equal(out, [[1.0, -np.inf, 1.0]])
+
+
+def test_pack_bad_words_accepts_numpy_words():
+    ids, lengths = P.pack_bad_words([np.array([1, 2]), [3]], V)
+    assert ids.tolist() == [[1, 2], [3, 0]] and lengths.tolist() == [2, 1]
+
+
+# Probabilities .125 .125 .25 .5 from scores -2 ln2, -2 ln2, -ln2, 0: float32
+# exp rounds exp(-ln2) and exp(-2 ln2) to exactly .5 and .25, so the cumulative
+# sums are exactly .125 .25 .5 1 (the other V - 4 scores are -inf, probability 0).
+_LN2 = np.float32(np.log(2))
+_DYADIC = np.full((B, V), -np.inf, np.float32)
+_DYADIC[:, :4] = [-2 * _LN2, 0.0, -_LN2, -2 * _LN2]
+
+
+def test_top_p_cut_exactly_on_a_cumulative_sum():
+    # The premise: softmax of these scores is exact.
+    np.testing.assert_array_equal(tf.nn.softmax(_DYADIC[:1, :4]), [[0.125, 0.5, 0.25, 0.125]])
+    # transformers removes tokens whose cumulative probability is <= 1 - p, so a
+    # cut that lands exactly on a cumulative sum removes that token too.
+    for p, kept in [(0.5, [1]), (0.75, [1, 2])]:  # 1 - p = .5 and .25 exactly
+        for out in TOP_P(_DYADIC, np.float32(p)):
+            assert [np.flatnonzero(np.isfinite(row)).tolist() for row in out] == [kept] * B
+        ref = reference(hf.TopPLogitsWarper(p), np.zeros((B, 1)), _DYADIC)
+        assert [np.flatnonzero(np.isfinite(row)).tolist() for row in ref] == [kept] * B
+
+
+def test_top_p_zero_keeps_only_the_maximum():
+    # p == 0: every cumulative sum is <= 1 (the last one exactly), so all V
+    # positions count as removed and the top token must be kept regardless.
+    for out in TOP_P(_DYADIC, np.float32(0.0)):
+        np.testing.assert_array_equal(out[:, 1], 0.0)
+        assert np.isneginf(np.delete(out, 1, axis=1)).all()
+    tied = np.full((B, V), -np.inf, np.float32)
+    tied[:, [3, 8]] = 2.0  # cumulative .5, 1: a tie for the maximum is kept whole
+    for out in TOP_P(tied, np.float32(0.0)):
+        assert [np.flatnonzero(np.isfinite(row)).tolist() for row in out] == [[3, 8]] * B
