@@ -1,4 +1,5 @@
-"""Beam search: parity with transformers, laws (hypothesis), beam sampling, compile keys.
+"""Beam search: parity with transformers, laws (hypothesis), beam sampling, compile keys, and
+hand-worked examples on a scripted table model.
 
 Compile budget: every distinct (batch, prompt width, max_new_tokens,
 num_beams, num_return_sequences, number of EOS ids, do_sample, jit) is one
@@ -15,15 +16,22 @@ difference is a bug.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+import tensorflow as tf
 import torch
 from hypothesis import given, strategies as st
 from budget import examples
 
 import xladecode
 from checkpoints import make_checkpoint
+from xladecode import beam_search as bs, sampling
+from xladecode.decoding import DecodeOptions, stop_string_fields
 from xladecode.lm import LanguageModel
+from xladecode.options import EarlyStopping
+from xladecode.stop_strings import tables_from_vocab
 from xladecode.testing import (BEAM_TIE, SCORE_ATOL, assert_beam_equals_brute_force,
                                assert_beam_scores_are_logprobs, assert_decoders_agree, assert_one_beam_equals_greedy,
                                assert_row_invariance, assert_same_beams, assert_sampling_reproducible,
@@ -403,3 +411,245 @@ def test_option_values_do_not_recompile(law_lm):
     assert lm.compile_count == 2
     run(eos_token_id=[11, 0], length_penalty=-1.0, early_stopping="never")
     assert lm.compile_count == 2
+
+
+# =====================================================================
+# 5. Scripted examples: hand-worked beams on a table model (no weights)
+# =====================================================================
+#
+# ``beam_search`` is called directly, so it runs eagerly and compiles nothing.
+# Every expected array below is worked out by hand from the test's table; the
+# arithmetic is in the docstrings (logs: ln .5 = -0.693, ln .4 = -0.916,
+# ln .3 = -1.204, ln .2 = -1.609, ln .6 = -0.511).
+
+FALSE, TRUE, NEVER = int(EarlyStopping.HEURISTIC), int(EarlyStopping.ON_FULL), int(EarlyStopping.NEVER)
+
+
+class TableModel:
+    """A protocol model whose next-token logits are ``table[last token]``: no weights, no attention.
+
+    ``rows`` maps a token to its next-token probabilities; every other entry has logit -30
+    (e**-30 changes no float32 log-prob here: a row {t: 1.0} gives log-prob exactly 0)."""
+
+    max_positions = 64
+
+    def __init__(self, vocab_size: int, rows: dict):
+        table = np.full([vocab_size, vocab_size], -30.0, np.float32)
+        for token, probs in rows.items():
+            for nxt, p in probs.items():
+                table[token, nxt] = math.log(p)
+        self.vocab_size = vocab_size
+        self.table = tf.constant(table)
+
+    def init_cache(self, batch_size: int, max_length: int):
+        return tf.zeros([batch_size, max_length], tf.int32)
+
+    def step(self, input_ids, positions, cache, cache_index, key_mask):
+        return tf.gather(self.table, input_ids[:, -1]), cache
+
+
+def _scripted(model, prompts, mask=None, *, max_new, num_beams, nrs=1, eos=(), do_sample=False,
+              num_eos_ids=None, **values):
+    """``beam_search`` with ``DecodeOptions.off`` plus ``values`` (tensors or Python scalars);
+    returns numpy ``(sequences, sequences_scores)``."""
+    ids = tf.constant(prompts, tf.int32)
+    mask = tf.ones_like(ids) if mask is None else tf.constant(mask, tf.int32)
+    eos_mask = np.zeros(model.vocab_size, bool)
+    eos_mask[list(eos)] = True
+    values = {name: v if isinstance(v, tf.Tensor) else tf.constant(v) for name, v in values.items()}
+    options = DecodeOptions.off(model.vocab_size, max_new_tokens=tf.constant(max_new),
+                                eos_mask=tf.constant(eos_mask), **values)
+    extra = {} if num_eos_ids is None else dict(num_eos_ids=num_eos_ids)
+    seqs, _, scores = bs.beam_search(model, ids, mask, options, max_new, num_beams, nrs, do_sample=do_sample,
+                                     **extra)
+    return seqs.numpy(), scores.numpy()
+
+
+def test_scripted_no_repeat_ngram_sees_only_written_tokens():
+    """no_repeat_ngram_size=2 on each beam's own tokens; the unwritten slot (still pad) is not text.
+
+    Prompt 1 2 1, pad id 4; from 1: 2 (.6), 4 (.3), EOS 3 (.1). "1 2" already occurs, so 2 is
+    banned and the one new token is 4 (ln .3): pad's id is a token like any other, and the
+    pad still sitting in the next slot must not count as a "1 4" bigram."""
+    model = TableModel(5, {1: {2: .6, 4: .3, 3: .1}})
+    seqs, scores = _scripted(model, [[1, 2, 1]], max_new=1, num_beams=1, eos=(3,), pad_token_id=4)
+    np.testing.assert_array_equal(seqs, [[1, 2, 1, 2]])  # the processor is really needed
+    seqs, scores = _scripted(model, [[1, 2, 1]], max_new=1, num_beams=1, eos=(3,), pad_token_id=4,
+                             no_repeat_ngram_size=2)
+    np.testing.assert_array_equal(seqs, [[1, 2, 1, 4]])
+    np.testing.assert_allclose(scores, [math.log(.3)], atol=1e-5)
+
+
+def test_scripted_renormalize_logits_after_the_processors():
+    """From 1: EOS 2 (.5), 3 (.4), 0 (.1); EOS suppressed, then renormalized: 3 scores ln(.4 / .5)."""
+    model = TableModel(4, {1: {2: .5, 3: .4, 0: .1}})
+    suppress = np.array([False, False, True, False])
+    for renormalize, want in [(False, math.log(.4)), (True, math.log(.8))]:
+        seqs, scores = _scripted(model, [[1]], max_new=1, num_beams=1, eos=(2,), suppress_mask=suppress,
+                                 renormalize_logits=renormalize)
+        np.testing.assert_array_equal(seqs, [[1, 3]])
+        np.testing.assert_allclose(scores, [want], atol=1e-5)
+
+
+def test_scripted_beam_sampling_keeps_one_non_eos_token_per_eos_id():
+    """Beam sampling with min_p=0.99 keeps min_tokens_to_keep = 1 EOS id + 1 = 2 tokens, as in
+    transformers; the candidate sets below hold every kept token, so no draw matters.
+
+    2 beams, length_penalty 2, EOS 2, 2 new tokens. From 1: EOS (.5), 3 (.3), 4 (.2): min_p keeps
+    only EOS (.3 < .99 * .5), the floor adds 3, not 4. From 3 and from 4: 5 (1.0).
+    step 0  EOS -0.693 (top 2: finished, -0.693 / 1**2) | 3 -1.204 (live)
+    step 1  (last) 3 5: -1.204 / 2**2 = -0.301
+    final   [1 3 5] -0.301, [1 EOS] -0.693   (keeping 4 too would return [1 4 5], -1.609 / 4)"""
+    model = TableModel(6, {1: {2: .5, 3: .3, 4: .2}, 3: {5: 1.0}, 4: {5: 1.0}})
+    seqs, scores = _scripted(model, [[1]], max_new=2, num_beams=2, nrs=2, eos=(2,), do_sample=True,
+                             min_p=0.99, length_penalty=2.0)
+    np.testing.assert_array_equal(seqs, [[1, 3, 5], [1, 2, 0]])
+    np.testing.assert_allclose(scores, [math.log(.3) / 4, math.log(.5)], atol=1e-5)
+
+
+@pytest.mark.parametrize("warper", [dict(top_k=1), dict(top_p=0.4)])
+def test_scripted_beam_sampling_floor_reaches_top_k_and_top_p(warper):
+    """The same floor for top-k and top-p, as transformers' TopK/TopPLogitsWarper(min_tokens_to_keep):
+    top_k=1 is raised to 2; top_p=0.4 (EOS alone holds .5) keeps 3 as well. Same table and
+    arithmetic as the test above. Without the floor only EOS survives from 1 and the search
+    returns [1 EOS] and the empty second hypothesis."""
+    model = TableModel(6, {1: {2: .5, 3: .3, 4: .2}, 3: {5: 1.0}, 4: {5: 1.0}})
+    seqs, scores = _scripted(model, [[1]], max_new=2, num_beams=2, nrs=2, eos=(2,), do_sample=True,
+                             length_penalty=2.0, **warper)
+    np.testing.assert_array_equal(seqs, [[1, 3, 5], [1, 2, 0]])
+    np.testing.assert_allclose(scores, [math.log(.3) / 4, math.log(.5)], atol=1e-5)
+
+
+def test_scripted_candidate_pool_is_one_plus_eos_ids_times_beams():
+    """K = max(2, 1 + num_eos_ids) * num_beams candidates per step; a step whose K candidates all
+    end (EOS or a stop string) ends the search.
+
+    1 beam, early_stopping "never", length_penalty 2, 2 new tokens. From 1: 2 (.4), 3 (.3),
+    4 (.2); from 4: 5 (1.0). Token 3 is "!".
+    * EOS ids {2, 3}: K = 3: 2 finishes (-0.916), 4 lives; "never" bounds 4 at the maximum
+      length, -1.609 / 2**2 = -0.402 > -0.916, so step 1 runs: [1 4 5], -1.609 / 4 = -0.402.
+    * EOS id 2 and stop string "!": K = 2 (num_eos_ids=1, the default): 2 and 3 both end,
+      so the search ends at once: [1 2], -0.916."""
+    model = TableModel(6, {1: {2: .4, 3: .3, 4: .2, 5: .1}, 4: {5: 1.0}})
+    kw = dict(max_new=2, num_beams=1, early_stopping=NEVER, length_penalty=2.0)
+    seqs, scores = _scripted(model, [[1]], eos=(2, 3), num_eos_ids=2, **kw)
+    np.testing.assert_array_equal(seqs, [[1, 4, 5]])
+    np.testing.assert_allclose(scores, [math.log(.2) / 4], atol=1e-5)
+    tables = tables_from_vocab([b"a", b"b", b"c", b"!", b"d", b"e"], ["!"])
+    seqs, scores = _scripted(model, [[1]], eos=(2,), **stop_string_fields(tables), **kw)
+    np.testing.assert_array_equal(seqs, [[1, 2, 0]])
+    np.testing.assert_allclose(scores, [math.log(.4)], atol=1e-5)
+
+
+def test_scripted_stop_strings_end_candidates_on_their_own_text():
+    """Stop strings "aec" and "bd"; tokens 0..5 read a b c d e z; EOS 5 ("z"), pad 0 ("a").
+    1 beam, length_penalty 1, 2 new tokens.
+
+    row 0  prompt [pad, e]: text "e" (left padding is not text, so "aec" cannot complete).
+           From e: c (.6), d (.3): no hit; step 1: c -> z (1.0): [e c z], -0.511 / 2 = -0.255.
+    row 1  prompt [c, b]: from b: d (.5) completes "bd" (the candidate's new token is checked):
+           finished, -0.693; c (.3) lives but -1.204 < -0.693: no better hypothesis can come.
+           [c b d], -0.693."""
+    model = TableModel(6, {1: {3: .5, 2: .3, 5: .2}, 4: {2: .6, 3: .3, 5: .1}, 2: {5: 1.0}, 3: {1: 1.0}})
+    tables = tables_from_vocab([b"a", b"b", b"c", b"d", b"e", b"z"], ["aec", "bd"])
+    seqs, scores = _scripted(model, [[0, 4], [2, 1]], [[0, 1], [1, 1]], max_new=2, num_beams=1, eos=(5,),
+                             **stop_string_fields(tables))
+    np.testing.assert_array_equal(seqs, [[0, 4, 2, 5], [2, 1, 3, 0]])
+    np.testing.assert_allclose(scores, [math.log(.6) / 2, math.log(.5)], atol=1e-5)
+
+
+# The early-stopping examples share one table. EOS 1, pad 0.
+#   2 -> EOS .5, 3 .4, 8 .1      3 -> 4 (1.0)      5 -> EOS .5, 3 .5 (a tie)
+#   6 -> 7 .6, 8 .4              7 -> 7 (1.0)      8 -> 8 (1.0)
+#   9 -> EOS .5, 10 .3, 11 .2    10 -> EOS .6, 12 .4     11 -> 12 (1.0)     12 -> EOS (1.0)
+@pytest.fixture(scope="module")
+def stopping():
+    return TableModel(13, {2: {1: .5, 3: .4, 8: .1}, 3: {4: 1.0}, 5: {1: .5, 3: .5}, 6: {7: .6, 8: .4},
+                           7: {7: 1.0}, 8: {8: 1.0}, 9: {1: .5, 10: .3, 11: .2}, 10: {1: .6, 12: .4},
+                           11: {12: 1.0}, 12: {1: 1.0}})
+
+
+def test_scripted_early_stopping_bounds_at_current_or_maximum_length(stopping):
+    """1 beam from [2], length_penalty 1, 2 new tokens.
+    step 0  EOS -0.693 finishes (top 1); 3 lives with -0.916.
+    False:   best possible at the current length: -0.916 / 1 < -0.693: stop.   [2 EOS], -0.693
+    True:    the finished set (1 beam) is full: stop.                          [2 EOS], -0.693
+    "never": at the maximum length: -0.916 / 2 = -0.458 > -0.693: go on; step 1 (last):
+             3 -> 4: -0.916 / 2 = -0.458 beats -0.693.                         [2 3 4], -0.458"""
+    for mode, seq, score in [(FALSE, [2, 1, 0], math.log(.5)), (TRUE, [2, 1, 0], math.log(.5)),
+                             (NEVER, [2, 3, 4], math.log(.4) / 2)]:
+        seqs, scores = _scripted(stopping, [[2]], max_new=2, num_beams=1, eos=(1,), early_stopping=mode)
+        np.testing.assert_array_equal(seqs, [seq], err_msg=f"early_stopping={mode}")
+        np.testing.assert_allclose(scores, [score], atol=1e-5)
+
+
+def test_scripted_a_tie_with_the_worst_finished_cannot_improve(stopping):
+    """1 beam from [5], early_stopping False, length_penalty 1: EOS and 3 tie at ln .5 (EOS, the
+    lower id, ranks first and finishes). The live 3 can at best equal -0.693 at this length,
+    not beat it: stop. (Going on would find [5 3 4], -0.693 / 2.)"""
+    seqs, scores = _scripted(stopping, [[5]], max_new=2, num_beams=1, eos=(1,), early_stopping=FALSE)
+    np.testing.assert_array_equal(seqs, [[5, 1, 0]])
+    np.testing.assert_allclose(scores, [math.log(.5)], atol=1e-5)
+
+
+def test_scripted_a_prompt_that_cannot_improve_takes_no_more_hypotheses(stopping):
+    """Per prompt, not per batch: [2] stops improving after step 0 (as in the test above) while
+    [6] keeps the loop running; [2]'s later hypothesis 2 3 4 (-0.458, better!) must not enter,
+    as in transformers, where that prompt is done.
+    [6]: 6 -> 7 (-0.511) lives, no hypothesis finished (so its worst is "none"); step 1: 7 7,
+    -0.511 / 2 = -0.255."""
+    seqs, scores = _scripted(stopping, [[2], [6]], max_new=2, num_beams=1, eos=(1,), early_stopping=FALSE,
+                             seeds=np.zeros([2, 2], np.int32), sample_index=np.zeros([2], np.int32))
+    np.testing.assert_array_equal(seqs, [[2, 1, 0], [6, 7, 7]])
+    np.testing.assert_allclose(scores, [math.log(.5), math.log(.6) / 2], atol=1e-5)
+
+
+def test_scripted_early_stopping_true_ends_a_full_prompt(stopping):
+    """2 beams from [9], length_penalty 1 (DecodeOptions.off's), 3 new tokens.
+    step 0  EOS -0.693 (top 2: finished) | 10 -1.204 | 11 -1.609    live: 10, 11
+    step 1  11 12 -1.609 | 10 EOS -1.715 (top 2: finished, -1.715 / 2 = -0.857) | 10 12 -2.120
+            finished [EOS -0.693, 10 EOS -0.857]: full.  live: 11 12, 10 12
+            best live at this length: -1.609 / 2 = -0.805 > -0.857, so not hopeless
+    True:   full: stop.                               [9 EOS], [9 10 EOS]: -0.693, -0.857
+    False:  step 2 (last): 11 12 EOS -1.609 / 3 = -0.536, 10 12 EOS -2.120 / 3 = -0.707
+                                                      [9 11 12 EOS], [9 EOS]: -0.536, -0.693
+    DecodeOptions.off's early_stopping is False. With a second prompt [6] that keeps the loop
+    running (its 2 beams 6 7 7 7, 6 8 8 8 never end early), True still takes no hypothesis
+    into [9]'s full set."""
+    true = ([[9, 1, 0, 0], [9, 10, 1, 0]], [math.log(.5), math.log(.18) / 2])
+    false = ([[9, 11, 12, 1], [9, 1, 0, 0]], [math.log(.2) / 3, math.log(.5)])
+    kw = dict(max_new=3, num_beams=2, nrs=2, eos=(1,))
+    for extra, (want_seqs, want_scores) in [({}, false), (dict(early_stopping=FALSE), false),
+                                            (dict(early_stopping=TRUE), true)]:
+        seqs, scores = _scripted(stopping, [[9]], **kw, **extra)
+        np.testing.assert_array_equal(seqs, want_seqs, err_msg=str(extra))
+        np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    seqs, scores = _scripted(stopping, [[9], [6]], **kw, early_stopping=TRUE,
+                             seeds=np.zeros([2, 2], np.int32), sample_index=np.zeros([2], np.int32))
+    np.testing.assert_array_equal(seqs, true[0] + [[6, 7, 7, 7], [6, 8, 8, 8]])
+    np.testing.assert_allclose(scores, true[1] + [math.log(.6) / 3, math.log(.4) / 3], atol=1e-5)
+
+
+def test_sampled_candidates_are_returned_best_first():
+    """Gumbel-top-k: with exactly k finite scores in a row, the sample is all of them whatever
+    the noise, returned best first with their (un-noised) scores."""
+    inf = float("inf")
+    totals = tf.constant([[-1.0, -inf, -3.0, -2.0, -inf, -0.5],
+                          [-inf, -0.25, -6.0, -4.0, -1.5, -inf]])
+    keys = sampling.row_keys(tf.constant([[1, 2], [3, 4]]), tf.zeros([2], tf.int32))
+    for step in range(3):
+        scores, cand = bs._candidates(totals, 4, keys, tf.constant(step))
+        np.testing.assert_array_equal(cand.numpy(), [[5, 0, 3, 2], [1, 4, 3, 2]])
+        np.testing.assert_array_equal(scores.numpy(), [[-0.5, -1.0, -2.0, -3.0], [-0.25, -1.5, -4.0, -6.0]])
+
+
+def test_gumbel_top_one_follows_softmax():
+    """The first sampled candidate is a Gumbel-max draw: token i with probability softmax(totals)_i.
+    20000 rows, each its own key (the tolerance, 0.02, is > 5 standard deviations)."""
+    rows, probs = 20000, np.array([.4, .3, .2, .1])
+    totals = tf.constant(np.tile(np.log(probs), [rows, 1]), tf.float32)
+    seeds = tf.stack([tf.range(rows), tf.fill([rows], 7)], 1)
+    keys = sampling.row_keys(seeds, tf.zeros([rows], tf.int32))
+    _, cand = bs._candidates(totals, 1, keys, tf.constant(0))
+    freq = np.bincount(cand.numpy()[:, 0], minlength=4) / rows
+    np.testing.assert_allclose(freq, probs, atol=0.02)

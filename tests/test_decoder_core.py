@@ -271,6 +271,9 @@ def test_process_logits_runs_each_processor_at_its_value():
     words, lengths = processors.pack_bad_words([[4], [2, 3]], 5)
     np.testing.assert_array_equal(run(bad_words_ids=tf.constant(words), bad_words_lengths=tf.constant(lengths)),
                                   [[0.5, -1.0, 2.0, NEG_INF, NEG_INF]])
+    words, lengths = processors.pack_bad_words([[2, 3]], 5)  # a table of exactly one word
+    np.testing.assert_array_equal(run(bad_words_ids=tf.constant(words), bad_words_lengths=tf.constant(lengths)),
+                                  [[0.5, -1.0, 2.0, NEG_INF, 1.0]])
     # min_new_tokens 2 bans EOS (4) at steps 0 and 1, not at step 2.
     eos = dict(eos_mask=ids(4), min_new_tokens=tf.constant(2))
     np.testing.assert_array_equal(run(step=1, **eos), [[0.5, -1.0, 2.0, 0.0, NEG_INF]])

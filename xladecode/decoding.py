@@ -212,8 +212,9 @@ def warp_logits(logits, options: DecodeOptions, min_tokens_to_keep: int = 1):
     """Sampling warpers: temperature, top-k, top-p, then min-p, typical, epsilon, eta
     (transformers' order; the last four are ``truncation.truncate``).
 
-    ``min_tokens_to_keep``: Python int, the truncation warpers' floor (1 when
-    sampling; beam sampling passes the number of EOS ids + 1, as transformers).
+    ``min_tokens_to_keep``: Python int, every filter's floor (top-k, top-p and
+    the truncation warpers; 1 when sampling; beam sampling passes the number of
+    EOS ids + 1, as transformers).
 
     A temperature of 0 is handled by the caller (greedy); here it is replaced
     by 1 so nothing divides by zero.
@@ -242,14 +243,15 @@ def warp_logits(logits, options: DecodeOptions, min_tokens_to_keep: int = 1):
     safe_t = tf.where(options.temperature > 0, options.temperature, 1.0)
     logits = processors.temperature(logits, safe_t)
     k, p = options.top_k, options.top_p
+    k = tf.where(k > 0, tf.maximum(k, min_tokens_to_keep), k)  # as processors.top_k: decides the path below
     pool = min(TOP_K_FAST_PATH, logits.shape[-1])
 
     def on_full_vocabulary():
-        return processors.top_p(processors.top_k(logits, k), p)
+        return processors.top_p(processors.top_k(logits, k), p, min_tokens_to_keep)
 
     def on_top_candidates():
         top = tf.math.top_k(logits, pool)  # values descending, [B, pool]
-        kept = processors.top_p(processors.top_k(top.values, k), p)
+        kept = processors.top_p(processors.top_k(top.values, k), p, min_tokens_to_keep)
         rows = tf.broadcast_to(tf.range(tf.shape(logits)[0])[:, tf.newaxis], tf.shape(top.indices))
         where = tf.stack([rows, top.indices], axis=-1)
         return tf.tensor_scatter_nd_update(tf.fill(tf.shape(logits), float("-inf")), where, kept)

@@ -610,7 +610,7 @@ def temperature(logits, t):
     return logits / tf.cast(t, logits.dtype)
 
 
-def top_k(logits, k):
+def top_k(logits, k, min_tokens_to_keep: int = 1):
     """Keep only the ``k`` highest scores of each row (``TopKLogitsWarper``).
 
     A score survives when it is ``>=`` the k-th largest score of its row, so
@@ -618,10 +618,13 @@ def top_k(logits, k):
     ``k`` is a runtime tensor: the row is sorted once (static shape ``[B, V]``)
     and the threshold is gathered at index ``k - 1``.  ``k <= 0`` disables
     (returns ``logits`` unchanged bit for bit); ``k > V`` keeps everything.
+    As in transformers, a ``k`` that is on is raised to ``min_tokens_to_keep``
+    (beam sampling keeps one token more than it has EOS ids).
 
     Args:
       logits: float32 ``[B, V]``.
       k: int32 scalar tensor.
+      min_tokens_to_keep: Python int >= 1.
 
     Returns:
       float32 ``[B, V]``.
@@ -632,6 +635,7 @@ def top_k(logits, k):
     """
     logits = tf.convert_to_tensor(logits)
     k = tf.convert_to_tensor(k, tf.int32)
+    k = tf.where(k > 0, tf.maximum(k, min_tokens_to_keep), k)
     vocab_size = tf.shape(logits)[-1]
     descending = tf.sort(logits, axis=-1, direction="DESCENDING")
     kth = tf.clip_by_value(k, 1, vocab_size) - 1
@@ -640,7 +644,7 @@ def top_k(logits, k):
     return tf.where(keep, logits, neg_inf(logits))
 
 
-def top_p(logits, p):
+def top_p(logits, p, min_tokens_to_keep: int = 1):
     """Nucleus sampling: keep the most likely tokens holding probability ``p``.
 
     ``TopPLogitsWarper`` algorithm: sort the scores ascending, take the
@@ -663,9 +667,14 @@ def top_p(logits, p):
       torch warper with ``p == 1`` would remove tokens whose probability
       underflows to exactly 0.)
 
+    ``min_tokens_to_keep`` (Python int >= 1): the most likely tokens never
+    removed, as transformers' ``min_tokens_to_keep`` (so at most
+    ``V - min_tokens_to_keep`` positions are removed).
+
     Args:
       logits: float32 ``[B, V]``.
       p: float32 scalar tensor in ``[0, 1]``.
+      min_tokens_to_keep: Python int >= 1.
 
     Returns:
       float32 ``[B, V]``.
@@ -683,7 +692,7 @@ def top_p(logits, p):
     # Counting instead of searching: cumulative is non-decreasing, so the
     # positions with cumulative <= 1 - p are exactly the first `removed` ones.
     removed = tf.reduce_sum(tf.cast(cumulative <= 1 - p, tf.int32), axis=-1)
-    removed = tf.minimum(removed, vocab_size - 1)  # always keep the top token
+    removed = tf.minimum(removed, tf.maximum(vocab_size - min_tokens_to_keep, 0))  # keep the best min_tokens_to_keep
     threshold = tf.gather(ascending, removed, batch_dims=1)[:, None]  # [B, 1]
     keep = (p >= 1) | (logits >= threshold)
     return tf.where(keep, logits, neg_inf(logits))
