@@ -625,3 +625,15 @@ def test_top_p_zero_keeps_only_the_maximum():
     tied[:, [3, 8]] = 2.0  # cumulative .5, 1: a tie for the maximum is kept whole
     for out in TOP_P(tied, np.float32(0.0)):
         assert [np.flatnonzero(np.isfinite(row)).tolist() for row in out] == [[3, 8]] * B
+
+
+def test_vocab_size_must_be_a_positive_integer_and_id_arrays_are_flattened():
+    from xladecode.processors import check_vocab_size, vocab_mask_from_ids
+
+    assert check_vocab_size(1) == 1 and check_vocab_size(np.int64(7)) == 7
+    for bad in (0, -1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="vocab_size"):
+            check_vocab_size(bad)
+    # A numpy array of any rank is a list of ids.
+    assert vocab_mask_from_ids(np.array([[1, 2], [3, 3]]), 5).tolist() == [False, True, True, True, False]
+    assert vocab_mask_from_ids(np.array([4]), 5).tolist() == [False, False, False, False, True]
