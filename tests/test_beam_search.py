@@ -507,6 +507,18 @@ def test_scripted_beam_sampling_keeps_one_non_eos_token_per_eos_id():
     np.testing.assert_allclose(scores, [math.log(.3) / 4, math.log(.5)], atol=1e-5)
 
 
+def test_scripted_beam_sampling_without_eos_keeps_two_tokens():
+    """No EOS id: the floor is 2, as transformers' (there is nothing to end a beam, but the
+    second beam still needs a token). From 1: 3 (.5), 4 (.3), 5 (.2); from 3 and 4: 5 (1.0).
+    top_k=1 raised to 2 keeps 3 and 4; 2 new tokens, length_penalty 1:
+    [1 3 5] ln .5 / 2 = -0.347, [1 4 5] ln .3 / 2 = -0.602."""
+    model = TableModel(6, {1: {3: .5, 4: .3, 5: .2}, 3: {5: 1.0}, 4: {5: 1.0}})
+    seqs, scores = _scripted(model, [[1]], max_new=2, num_beams=2, nrs=2, do_sample=True, top_k=1,
+                             num_eos_ids=0)
+    np.testing.assert_array_equal(seqs, [[1, 3, 5], [1, 4, 5]])
+    np.testing.assert_allclose(scores, [math.log(.5) / 2, math.log(.3) / 2], atol=1e-5)
+
+
 @pytest.mark.parametrize("warper", [dict(top_k=1), dict(top_p=0.4)])
 def test_scripted_beam_sampling_floor_reaches_top_k_and_top_p(warper):
     """The same floor for top-k and top-p, as transformers' TopK/TopPLogitsWarper(min_tokens_to_keep):

@@ -209,6 +209,16 @@ def test_top_k_fast_path_runs_exactly_for_k_from_1_to_256():
     assert survivors(top_k=tf.constant(257)) == 300
     assert survivors(top_k=tf.constant(0), top_p=tf.constant(0.5)) == 300  # top-p alone: full vocabulary
     assert survivors() == 300  # both off
+    # (This pins a documented limitation: if the fast path ever keeps whole tie groups,
+    # these counts change and this test should find another way to see the path.)
+
+
+def test_top_k_floor_above_the_fast_path_pool_uses_the_full_vocabulary():
+    # top_k = 5 raised to a floor of 260 (> the 256-candidate pool): 260 distinct logits kept.
+    logits = tf.constant(-np.arange(300, dtype=np.float32)[np.newaxis])
+    options = decoding.DecodeOptions.off(300, top_k=tf.constant(5))
+    warped = decoding.warp_logits(logits, options, min_tokens_to_keep=260).numpy()
+    np.testing.assert_array_equal(np.isfinite(warped[0]), np.arange(300) < 260)
 
 
 def test_temperature_zero_samples_greedily():

@@ -637,3 +637,26 @@ def test_vocab_size_must_be_a_positive_integer_and_id_arrays_are_flattened():
     # A numpy array of any rank is a list of ids.
     assert vocab_mask_from_ids(np.array([[1, 2], [3, 3]]), 5).tolist() == [False, True, True, True, False]
     assert vocab_mask_from_ids(np.array([4]), 5).tolist() == [False, False, False, False, True]
+
+
+@pytest.mark.parametrize("keep", [1, 3, 9])
+def test_top_k_and_top_p_floor_matches_transformers(keep):
+    # min_tokens_to_keep as transformers' warpers take it (beam sampling passes EOS ids + 1);
+    # 9 is more than the vocabulary of 7: every token stays.
+    logits = np.random.default_rng(keep).normal(size=[4, 7]).astype(np.float32)
+    logits[1, 2] = -np.inf
+    for k in (1, 2, 5):
+        want = hf.TopKLogitsWarper(k, min_tokens_to_keep=keep)(None, torch.tensor(logits)).numpy()
+        got = P.top_k(tf.constant(logits), tf.constant(k), min_tokens_to_keep=keep).numpy()
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want), err_msg=f"top_k={k}")
+    for p in (0.0, 0.3, 0.9):
+        want = hf.TopPLogitsWarper(p, min_tokens_to_keep=keep)(None, torch.tensor(logits)).numpy()
+        got = P.top_p(tf.constant(logits), tf.constant(p), min_tokens_to_keep=keep).numpy()
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want), err_msg=f"top_p={p}")
+    assert P.raised_top_k(tf.constant(2), keep).numpy() == max(2, keep)
+    assert P.raised_top_k(tf.constant(0), keep).numpy() == 0  # off stays off
+
+
+def test_top_p_floor_must_be_at_least_one():
+    with pytest.raises(ValueError, match="min_tokens_to_keep"):
+        P.top_p(tf.zeros([1, 3]), tf.constant(0.5), min_tokens_to_keep=0)

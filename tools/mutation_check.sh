@@ -9,8 +9,13 @@
 # mutant. Prints "killed" (a test failed) or "survived", and exits 0 either way;
 # any other pytest outcome (collection error, usage error) is printed and exits 2.
 set -u
-dir=$(cd "$1" && pwd); name=$2; shift 2
+dir=$(cd "$1" && pwd) || { echo "no such folder: $1"; exit 2; }
+name=$2; shift 2
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# The tests folder in MUTANTS_DIR is replaced below: never let that be the repository's own.
+if [ "$dir" = "$repo" ] || [ ! -d "$dir/xladecode" ]; then
+  echo "MUTANTS_DIR must be mutmut's mutants/ folder or a copy of it, not $dir"; exit 2
+fi
 rm -rf "$dir/tests" && cp -r "$repo/tests" "$dir/tests"
 cd "$dir" || exit 2
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 \

@@ -150,7 +150,9 @@ def beam_search(model: DecoderModel, input_ids, attention_mask, options: DecodeO
         logprobs = process_logits(tf.nn.log_softmax(s.logits), flat_seqs, token_mask, cur_len,
                                   s.step, options)
         if do_sample:  # at least one non-EOS token survives truncation, as in transformers
-            logprobs = warp_logits(logprobs, options, min_tokens_to_keep=num_eos_ids + 1)
+            # Keep one token more than there are EOS ids, so a beam can always go on;
+            # 2 when there is no EOS id at all (transformers' rule).
+            logprobs = warp_logits(logprobs, options, min_tokens_to_keep=max(num_eos_ids, 1) + 1)
         logprobs = tf.cond(options.renormalize_logits, lambda: truncation.renormalize_logits(logprobs),
                            lambda: logprobs)  # the last processor, as in transformers
         logprobs = tf.reshape(logprobs, [batch, nb, vocab])

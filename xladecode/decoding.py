@@ -221,7 +221,8 @@ def warp_logits(logits, options: DecodeOptions, min_tokens_to_keep: int = 1):
 
     Speed: top-k and top-p as written in ``processors.py`` sort the whole
     vocabulary (50k entries per row, every step: ~55 ms at batch 8 on our
-    2-core CPU). When ``0 < top_k <= 256`` -- the usual case -- only the 256
+    2-core CPU). When ``0 < k <= 256`` (``k`` = ``top_k`` raised to
+    ``min_tokens_to_keep``) -- the usual case -- only the 256
     best scores can survive, so we run both filters on
     ``tf.math.top_k(logits, 256)`` (a partial sort, ~1.5 ms) and scatter the
     survivors back into a row of ``-inf``. Two details matter:
@@ -243,15 +244,15 @@ def warp_logits(logits, options: DecodeOptions, min_tokens_to_keep: int = 1):
     safe_t = tf.where(options.temperature > 0, options.temperature, 1.0)
     logits = processors.temperature(logits, safe_t)
     k, p = options.top_k, options.top_p
-    k = tf.where(k > 0, tf.maximum(k, min_tokens_to_keep), k)  # as processors.top_k: decides the path below
+    k = processors.raised_top_k(k, min_tokens_to_keep)  # the k top_k applies: it decides the path below
     pool = min(TOP_K_FAST_PATH, logits.shape[-1])
 
     def on_full_vocabulary():
-        return processors.top_p(processors.top_k(logits, k), p, min_tokens_to_keep)
+        return processors.top_p(processors.top_k(logits, k, min_tokens_to_keep), p, min_tokens_to_keep)
 
     def on_top_candidates():
         top = tf.math.top_k(logits, pool)  # values descending, [B, pool]
-        kept = processors.top_p(processors.top_k(top.values, k), p, min_tokens_to_keep)
+        kept = processors.top_p(processors.top_k(top.values, k, min_tokens_to_keep), p, min_tokens_to_keep)
         rows = tf.broadcast_to(tf.range(tf.shape(logits)[0])[:, tf.newaxis], tf.shape(top.indices))
         where = tf.stack([rows, top.indices], axis=-1)
         return tf.tensor_scatter_nd_update(tf.fill(tf.shape(logits), float("-inf")), where, kept)

@@ -62,6 +62,7 @@ __all__ = [
     "no_repeat_ngram",
     "pack_bad_words",
     "per_row",
+    "raised_top_k",
     "repetition_penalty",
     "sequences_about_to_complete",
     "suppress_tokens",
@@ -610,6 +611,13 @@ def temperature(logits, t):
     return logits / tf.cast(t, logits.dtype)
 
 
+def raised_top_k(k, min_tokens_to_keep: int = 1) -> tf.Tensor:
+    """int32 scalar: ``k`` raised to ``min_tokens_to_keep`` when it is on (``k > 0``);
+    ``k <= 0`` (off) stays as it is.  The ``k`` that :func:`top_k` applies."""
+    k = tf.convert_to_tensor(k, tf.int32)
+    return tf.where(k > 0, tf.maximum(k, min_tokens_to_keep), k)
+
+
 def top_k(logits, k, min_tokens_to_keep: int = 1):
     """Keep only the ``k`` highest scores of each row (``TopKLogitsWarper``).
 
@@ -634,8 +642,7 @@ def top_k(logits, k, min_tokens_to_keep: int = 1):
       [[-inf, 3.0, 3.0, -inf]]
     """
     logits = tf.convert_to_tensor(logits)
-    k = tf.convert_to_tensor(k, tf.int32)
-    k = tf.where(k > 0, tf.maximum(k, min_tokens_to_keep), k)
+    k = raised_top_k(k, min_tokens_to_keep)
     vocab_size = tf.shape(logits)[-1]
     descending = tf.sort(logits, axis=-1, direction="DESCENDING")
     kth = tf.clip_by_value(k, 1, vocab_size) - 1
@@ -649,10 +656,10 @@ def top_p(logits, p, min_tokens_to_keep: int = 1):
 
     ``TopPLogitsWarper`` algorithm: sort the scores ascending, take the
     cumulative softmax, and remove tokens whose cumulative probability is
-    ``<= 1 - p`` (always keeping the most likely token).  The removed tokens
-    form a prefix of the ascending order, so removal reduces to one threshold:
-    with ``r`` = number of removed positions (at most ``V - 1``), keep every
-    score ``>= sorted[r]``.
+    ``<= 1 - p`` (always keeping the ``min_tokens_to_keep`` most likely
+    tokens).  The removed tokens form a prefix of the ascending order, so
+    removal reduces to one threshold: with ``r`` = number of removed positions
+    (at most ``V - min_tokens_to_keep``), keep every score ``>= sorted[r]``.
 
     Differences from calling the torch warper directly, both deliberate:
 
@@ -667,10 +674,6 @@ def top_p(logits, p, min_tokens_to_keep: int = 1):
       torch warper with ``p == 1`` would remove tokens whose probability
       underflows to exactly 0.)
 
-    ``min_tokens_to_keep`` (Python int >= 1): the most likely tokens never
-    removed, as transformers' ``min_tokens_to_keep`` (so at most
-    ``V - min_tokens_to_keep`` positions are removed).
-
     Args:
       logits: float32 ``[B, V]``.
       p: float32 scalar tensor in ``[0, 1]``.
@@ -684,6 +687,8 @@ def top_p(logits, p, min_tokens_to_keep: int = 1):
       >>> np.isfinite(top_p(logits, tf.constant(0.6)).numpy()).tolist()
       [[False, False, True, True]]
     """
+    if not (is_token_id(min_tokens_to_keep) and min_tokens_to_keep >= 1):
+        raise ValueError(f"`min_tokens_to_keep` must be an integer >= 1, but is {min_tokens_to_keep!r}.")
     logits = tf.convert_to_tensor(logits)
     p = tf.cast(p, logits.dtype)
     vocab_size = tf.shape(logits)[-1]
