@@ -244,15 +244,16 @@ def warp_logits(logits, options: DecodeOptions, min_tokens_to_keep: int = 1):
     safe_t = tf.where(options.temperature > 0, options.temperature, 1.0)
     logits = processors.temperature(logits, safe_t)
     k, p = options.top_k, options.top_p
-    k = processors.raised_top_k(k, min_tokens_to_keep)  # the k top_k applies: it decides the path below
+    # Raised to the floor here, once: the raised k decides the path below, and top_k applies it as is.
+    k = processors.raised_top_k(k, min_tokens_to_keep)
     pool = min(TOP_K_FAST_PATH, logits.shape[-1])
 
     def on_full_vocabulary():
-        return processors.top_p(processors.top_k(logits, k, min_tokens_to_keep), p, min_tokens_to_keep)
+        return processors.top_p(processors.top_k(logits, k), p, min_tokens_to_keep)
 
     def on_top_candidates():
         top = tf.math.top_k(logits, pool)  # values descending, [B, pool]
-        kept = processors.top_p(processors.top_k(top.values, k, min_tokens_to_keep), p, min_tokens_to_keep)
+        kept = processors.top_p(processors.top_k(top.values, k), p, min_tokens_to_keep)
         rows = tf.broadcast_to(tf.range(tf.shape(logits)[0])[:, tf.newaxis], tf.shape(top.indices))
         where = tf.stack([rows, top.indices], axis=-1)
         return tf.tensor_scatter_nd_update(tf.fill(tf.shape(logits), float("-inf")), where, kept)
