@@ -27,6 +27,7 @@ from budget import examples
 
 import xladecode
 from checkpoints import make_checkpoint
+from scripted import TableModel
 from xladecode import beam_search as bs, sampling
 from xladecode.decoding import DecodeOptions, stop_string_fields
 from xladecode.lm import LanguageModel
@@ -425,29 +426,6 @@ def test_option_values_do_not_recompile(law_lm):
 FALSE, TRUE, NEVER = int(EarlyStopping.HEURISTIC), int(EarlyStopping.ON_FULL), int(EarlyStopping.NEVER)
 
 
-class TableModel:
-    """A protocol model whose next-token logits are ``table[last token]``: no weights, no attention.
-
-    ``rows`` maps a token to its next-token probabilities; every other entry has logit -30
-    (e**-30 changes no float32 log-prob here: a row {t: 1.0} gives log-prob exactly 0)."""
-
-    max_positions = 64
-
-    def __init__(self, vocab_size: int, rows: dict):
-        table = np.full([vocab_size, vocab_size], -30.0, np.float32)
-        for token, probs in rows.items():
-            for nxt, p in probs.items():
-                table[token, nxt] = math.log(p)
-        self.vocab_size = vocab_size
-        self.table = tf.constant(table)
-
-    def init_cache(self, batch_size: int, max_length: int):
-        return tf.zeros([batch_size, max_length], tf.int32)
-
-    def step(self, input_ids, positions, cache, cache_index, key_mask):
-        return tf.gather(self.table, input_ids[:, -1]), cache
-
-
 def _scripted(model, prompts, mask=None, *, max_new, num_beams, nrs=1, eos=(), do_sample=False,
               num_eos_ids=None, **values):
     """``beam_search`` with ``DecodeOptions.off`` plus ``values`` (tensors or Python scalars);
@@ -471,7 +449,7 @@ def test_scripted_no_repeat_ngram_sees_only_written_tokens():
     Prompt 1 2 1, pad id 4; from 1: 2 (.6), 4 (.3), EOS 3 (.1). "1 2" already occurs, so 2 is
     banned and the one new token is 4 (ln .3): pad's id is a token like any other, and the
     pad still sitting in the next slot must not count as a "1 4" bigram."""
-    model = TableModel(5, {1: {2: .6, 4: .3, 3: .1}})
+    model = TableModel.from_rows(5, {1: {2: .6, 4: .3, 3: .1}})
     seqs, scores = _scripted(model, [[1, 2, 1]], max_new=1, num_beams=1, eos=(3,), pad_token_id=4)
     np.testing.assert_array_equal(seqs, [[1, 2, 1, 2]])  # the processor is really needed
     seqs, scores = _scripted(model, [[1, 2, 1]], max_new=1, num_beams=1, eos=(3,), pad_token_id=4,
@@ -482,7 +460,7 @@ def test_scripted_no_repeat_ngram_sees_only_written_tokens():
 
 def test_scripted_renormalize_logits_after_the_processors():
     """From 1: EOS 2 (.5), 3 (.4), 0 (.1); EOS suppressed, then renormalized: 3 scores ln(.4 / .5)."""
-    model = TableModel(4, {1: {2: .5, 3: .4, 0: .1}})
+    model = TableModel.from_rows(4, {1: {2: .5, 3: .4, 0: .1}})
     suppress = np.array([False, False, True, False])
     for renormalize, want in [(False, math.log(.4)), (True, math.log(.8))]:
         seqs, scores = _scripted(model, [[1]], max_new=1, num_beams=1, eos=(2,), suppress_mask=suppress,
@@ -500,7 +478,7 @@ def test_scripted_beam_sampling_keeps_one_non_eos_token_per_eos_id():
     step 0  EOS -0.693 (top 2: finished, -0.693 / 1**2) | 3 -1.204 (live)
     step 1  (last) 3 5: -1.204 / 2**2 = -0.301
     final   [1 3 5] -0.301, [1 EOS] -0.693   (keeping 4 too would return [1 4 5], -1.609 / 4)"""
-    model = TableModel(6, {1: {2: .5, 3: .3, 4: .2}, 3: {5: 1.0}, 4: {5: 1.0}})
+    model = TableModel.from_rows(6, {1: {2: .5, 3: .3, 4: .2}, 3: {5: 1.0}, 4: {5: 1.0}})
     seqs, scores = _scripted(model, [[1]], max_new=2, num_beams=2, nrs=2, eos=(2,), do_sample=True,
                              min_p=0.99, length_penalty=2.0)
     np.testing.assert_array_equal(seqs, [[1, 3, 5], [1, 2, 0]])
@@ -512,7 +490,7 @@ def test_scripted_beam_sampling_without_eos_keeps_two_tokens():
     second beam still needs a token). From 1: 3 (.5), 4 (.3), 5 (.2); from 3 and 4: 5 (1.0).
     top_k=1 raised to 2 keeps 3 and 4; 2 new tokens, length_penalty 1:
     [1 3 5] ln .5 / 2 = -0.347, [1 4 5] ln .3 / 2 = -0.602."""
-    model = TableModel(6, {1: {3: .5, 4: .3, 5: .2}, 3: {5: 1.0}, 4: {5: 1.0}})
+    model = TableModel.from_rows(6, {1: {3: .5, 4: .3, 5: .2}, 3: {5: 1.0}, 4: {5: 1.0}})
     seqs, scores = _scripted(model, [[1]], max_new=2, num_beams=2, nrs=2, do_sample=True, top_k=1,
                              num_eos_ids=0)
     np.testing.assert_array_equal(seqs, [[1, 3, 5], [1, 4, 5]])
@@ -525,7 +503,7 @@ def test_scripted_beam_sampling_floor_reaches_top_k_and_top_p(warper):
     top_k=1 is raised to 2; top_p=0.4 (EOS alone holds .5) keeps 3 as well. Same table and
     arithmetic as the test above. Without the floor only EOS survives from 1 and the search
     returns [1 EOS] and the empty second hypothesis."""
-    model = TableModel(6, {1: {2: .5, 3: .3, 4: .2}, 3: {5: 1.0}, 4: {5: 1.0}})
+    model = TableModel.from_rows(6, {1: {2: .5, 3: .3, 4: .2}, 3: {5: 1.0}, 4: {5: 1.0}})
     seqs, scores = _scripted(model, [[1]], max_new=2, num_beams=2, nrs=2, eos=(2,), do_sample=True,
                              length_penalty=2.0, **warper)
     np.testing.assert_array_equal(seqs, [[1, 3, 5], [1, 2, 0]])
@@ -542,7 +520,7 @@ def test_scripted_candidate_pool_is_one_plus_eos_ids_times_beams():
       length, -1.609 / 2**2 = -0.402 > -0.916, so step 1 runs: [1 4 5], -1.609 / 4 = -0.402.
     * EOS id 2 and stop string "!": K = 2 (num_eos_ids=1, the default): 2 and 3 both end,
       so the search ends at once: [1 2], -0.916."""
-    model = TableModel(6, {1: {2: .4, 3: .3, 4: .2, 5: .1}, 4: {5: 1.0}})
+    model = TableModel.from_rows(6, {1: {2: .4, 3: .3, 4: .2, 5: .1}, 4: {5: 1.0}})
     kw = dict(max_new=2, num_beams=1, early_stopping=NEVER, length_penalty=2.0)
     seqs, scores = _scripted(model, [[1]], eos=(2, 3), num_eos_ids=2, **kw)
     np.testing.assert_array_equal(seqs, [[1, 4, 5]])
@@ -562,7 +540,7 @@ def test_scripted_stop_strings_end_candidates_on_their_own_text():
     row 1  prompt [c, b]: from b: d (.5) completes "bd" (the candidate's new token is checked):
            finished, -0.693; c (.3) lives but -1.204 < -0.693: no better hypothesis can come.
            [c b d], -0.693."""
-    model = TableModel(6, {1: {3: .5, 2: .3, 5: .2}, 4: {2: .6, 3: .3, 5: .1}, 2: {5: 1.0}, 3: {1: 1.0}})
+    model = TableModel.from_rows(6, {1: {3: .5, 2: .3, 5: .2}, 4: {2: .6, 3: .3, 5: .1}, 2: {5: 1.0}, 3: {1: 1.0}})
     tables = tables_from_vocab([b"a", b"b", b"c", b"d", b"e", b"z"], ["aec", "bd"])
     seqs, scores = _scripted(model, [[0, 4], [2, 1]], [[0, 1], [1, 1]], max_new=2, num_beams=1, eos=(5,),
                              **stop_string_fields(tables))
@@ -576,7 +554,7 @@ def test_scripted_stop_strings_end_candidates_on_their_own_text():
 #   9 -> EOS .5, 10 .3, 11 .2    10 -> EOS .6, 12 .4     11 -> 12 (1.0)     12 -> EOS (1.0)
 @pytest.fixture(scope="module")
 def stopping():
-    return TableModel(13, {2: {1: .5, 3: .4, 8: .1}, 3: {4: 1.0}, 5: {1: .5, 3: .5}, 6: {7: .6, 8: .4},
+    return TableModel.from_rows(13, {2: {1: .5, 3: .4, 8: .1}, 3: {4: 1.0}, 5: {1: .5, 3: .5}, 6: {7: .6, 8: .4},
                            7: {7: 1.0}, 8: {8: 1.0}, 9: {1: .5, 10: .3, 11: .2}, 10: {1: .6, 12: .4},
                            11: {12: 1.0}, 12: {1: 1.0}})
 

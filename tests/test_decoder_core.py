@@ -1,7 +1,8 @@
 """Exact, eager examples of the decoder's building blocks: ``positions.py``,
-``kv_cache.py`` and ``sampling.py``.
+``kv_cache.py``, ``sampling.py`` and decoding's verbs (``warp_logits``,
+``choose_tokens``, ``process_logits``, ``end_on_stop_strings``, the loop).
 
-Every expected value is worked out by hand (positions, cache slots) or by an
+Every expected value is worked out by hand (positions, cache slots, logits) or by an
 independent numpy transcription of the documented hash (``sampling``), never
 by the code under test. These run in well under a second, which is what the
 mutation run (``tools/results/mutation.md``) needs from a test selection.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from scripted import TableModel
 from xladecode import decoding, kv_cache, positions as pos, processors, sampling, stop_strings
 from xladecode.sequence_bias import pack_sequence_bias
 
@@ -234,18 +236,6 @@ def test_temperature_zero_samples_greedily():
     np.testing.assert_allclose(logprobs.numpy(), np.full(64, want), rtol=1e-6)
 
 
-class ConstantModel:
-    """A protocol model whose next-token logits are always ``[0, 3, 2, 1]``."""
-
-    vocab_size, max_positions = 4, 16
-
-    def init_cache(self, batch_size: int, max_length: int):
-        return tf.zeros([batch_size, max_length], tf.int32)
-
-    def step(self, input_ids, positions, cache, cache_index, key_mask):
-        return tf.tile(tf.constant([[0.0, 3.0, 2.0, 1.0]]), [input_ids.shape[0], 1]), cache
-
-
 def test_the_loop_runs_the_processors_on_the_tokens_written_so_far():
     # no_repeat_ngram_size = 1 bans every token already in the row (a padded slot is not
     # in it). Greedy picks the best token not yet seen, by [0, 3, 2, 1]:
@@ -256,7 +246,8 @@ def test_the_loop_runs_the_processors_on_the_tokens_written_so_far():
     mask = tf.constant([[0, 1], [1, 1]])
     options = decoding.DecodeOptions.off(4, max_new_tokens=tf.constant(3), no_repeat_ngram_size=tf.constant(1),
                                          seeds=tf.zeros([2, 2], tf.int32), sample_index=tf.zeros([2], tf.int32))
-    sequences, _ = decoding.sample_loop(ConstantModel(), ids, mask, options, 3, do_sample=False)
+    constant = TableModel(np.tile([[0.0, 3.0, 2.0, 1.0]], [4, 1]))  # the same logits after every token
+    sequences, _ = decoding.sample_loop(constant, ids, mask, options, 3, do_sample=False)
     np.testing.assert_array_equal(sequences.numpy(), [[0, 2, 1, 3, 0], [3, 1, 2, 0, 0]])
 
 

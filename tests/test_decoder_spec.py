@@ -1,6 +1,6 @@
 """The decoder's specification, as exact examples on a scripted model (no GPT-2 here).
 
-``BigramModel`` returns fixed logits that depend only on the last token: its
+``bigram_model()`` returns fixed logits that depend only on the last token: its
 next-token distribution is the table below. Every expected array in this
 file was worked out by hand from that table (the arithmetic is in the
 comments), so these tests read as the definition of greedy decoding, EOS
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from scripted import TableModel
 from xladecode import beam_search, decoding
 from xladecode.decoding import DecodeOptions
 from xladecode.lm import LanguageModel
@@ -41,24 +42,14 @@ def _table() -> np.ndarray:
     return table
 
 
-class BigramModel:
-    """A protocol model whose logits are ``table[last token]``: no weights, no attention."""
-
-    vocab_size, max_positions = V, 64
-
-    def __init__(self):
-        self.table = tf.constant(_table())
-
-    def init_cache(self, batch_size: int, max_length: int):
-        return tf.zeros([batch_size, max_length], tf.int32)  # unused; batch-leading, as the protocol asks
-
-    def step(self, input_ids, positions, cache, cache_index, key_mask):
-        return tf.gather(self.table, input_ids[:, -1]), cache
+def bigram_model() -> TableModel:
+    """The table above as a protocol model: logits ``table[last token]``, no weights, no attention."""
+    return TableModel(_table())
 
 
 @pytest.fixture(scope="module")
 def lm():
-    return LanguageModel(BigramModel(), generation_config=dict(eos_token_id=EOS, pad_token_id=PAD))
+    return LanguageModel(bigram_model(), generation_config=dict(eos_token_id=EOS, pad_token_id=PAD))
 
 
 def test_greedy_follows_the_argmax_chain_and_pads_after_eos(lm):
@@ -132,7 +123,7 @@ def test_one_compiled_program_serves_every_option_value(lm):
 
 def test_options_built_off_decode_plain_greedy_and_beams():
     """``DecodeOptions.off``: one new token, pad 0, no EOS, no processor or warper, lp 1."""
-    model, ids = BigramModel(), tf.constant([[1]])
+    model, ids = bigram_model(), tf.constant([[1]])
     off = DecodeOptions.off(V)
     logits = tf.constant([[0.5, -1.0, 2.0, 0.0, 1.0, -3.0]])
     np.testing.assert_array_equal(decoding.warp_logits(logits, off).numpy(), logits.numpy())
