@@ -47,6 +47,11 @@ _TWO_REPLICAS = textwrap.dedent("""
                         "shape": list(two.sequences.shape),
                         "score_diff": float(np.abs(one.scores - two.scores).max())}
     d = distributed(lm, strategy)
+    # Speculation: the same rows, and GPT-2's verify head (a derived copy) mirrored like the weights.
+    spec = dict(do_sample=False, max_new_tokens=7, prompt_lookup_num_tokens=2)
+    report["speculative"] = bool((lm.generate(ids, mask, **spec).sequences
+                                  == d.generate(ids, mask, **spec).sequences).all())
+    report["verify_head"] = type(d.model.derived.verify_head).__name__
     report["settings"] = [d.max_compiled_functions, d.bucket_shapes == lm.bucket_shapes,
                           d.defaults == lm.defaults, d.tokenizer is lm.tokenizer]
     weights = d.model.weights["wte.weight"]
@@ -68,4 +73,6 @@ def test_two_replicas_equal_one_device_row_for_row(tiny_dir):
         assert report[name]["score_diff"] < 1e-4
     assert report["settings"] == [7, True, True, True]  # the wrapped model's settings are kept
     assert report["weights"] == "MirroredVariable"
+    assert report["speculative"]
+    assert report["verify_head"] == "MirroredVariable"
     assert [d.rsplit(":", 2)[-2:] for d in report["devices"]] == [["CPU", "0"], ["CPU", "1"]]

@@ -378,6 +378,44 @@ def test_step_all_equals_forward_at_per_row_slots(law_lm):
     np.testing.assert_allclose(got.numpy()[1], want[1, 6:9], atol=1e-4)
 
 
+def test_verify_head_gives_the_same_logits_and_is_not_a_parameter(tmp_path):
+    """GPT-2's ``[vocab, C]`` head copy (``prepare_verification``): the same logits for
+    many-row ``step_all`` calls, the usual head for one row, outside the variables and
+    checkpoints, refreshed on request, and made by ``build_generate`` for a drafter."""
+    from xladecode.compiled import Strategy, build_generate
+    from xladecode.config import GPT2Config
+
+    model = GPT2(GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=8, n_layer=1, n_head=2), seed=3)
+    key_mask = tf.ones([2, 6], tf.int32)
+
+    def logits(batch, t):
+        ids = tf.constant(np.arange(batch * t, dtype=np.int32).reshape(batch, t) % VOCAB)
+        cache = model.init_cache(batch, 6)
+        return model.step_all(ids, tf.tile(tf.range(t)[None], [batch, 1]), cache, tf.zeros([batch], tf.int32),
+                              key_mask[:batch])[0].numpy()
+
+    before = {shape: logits(*shape) for shape in [(2, 3), (1, 3), (1, 1), (2, 1)]}
+    parameters = [v.name for v in model.variables]
+    drafter = PromptLookupDrafter(2)
+    build_generate(model, 4, Strategy(drafter_key=drafter.compile_key(), drafter=drafter), jit_compile=False)
+    head = model.derived.verify_head
+    assert head.shape == (VOCAB, 8)
+    np.testing.assert_array_equal(head.numpy(), model.weights["wte.weight"].numpy().T)
+    for shape, want in before.items():
+        np.testing.assert_allclose(logits(*shape), want, rtol=1e-5, atol=1e-6, err_msg=str(shape))
+    for few in [(1, 1), (2, 1)]:  # fewer than VERIFY_HEAD_MIN_ROWS rows: the [C, vocab] head, bit for bit
+        np.testing.assert_array_equal(logits(*few), before[few])
+    model.prepare_verification()  # idempotent: the same variable
+    assert model.derived.verify_head is head
+    assert [v.name for v in model.variables] == parameters
+    saved = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    assert not [name for name, _ in tf.train.list_variables(saved) if "verify" in name or "derived" in name]
+    model.weights["wte.weight"].assign(model.weights["wte.weight"] * 2.0)  # the copy does not follow ...
+    assert not np.array_equal(head.numpy(), model.weights["wte.weight"].numpy().T)
+    model.prepare_verification(refresh=True)  # ... until refreshed
+    np.testing.assert_array_equal(head.numpy(), model.weights["wte.weight"].numpy().T)
+
+
 @examples(20)
 @given(rows=st.lists(st.lists(st.integers(0, 3), min_size=2, max_size=14), min_size=1, max_size=1),
        k=st.integers(1, 4), ngram=st.integers(1, 3))

@@ -102,6 +102,9 @@ def build_generate(model, buffer: int, strategy: Strategy, jit_compile: bool = T
       beams (``B * num_return_sequences``).
     """
 
+    if strategy.drafter is not None:
+        speculative.prepare(model)  # eagerly, outside any trace or replica context
+
     def generate_graph(input_ids, attention_mask, options):
         if on_trace is not None:
             on_trace()  # Python code: runs at trace time only

@@ -18,6 +18,7 @@ Two entry points share one transformer body:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -32,13 +33,20 @@ from .config import GPT2Config
 from .files import short_repr
 
 #: Tensors kept transposed, ``[n_embd, vocab]`` instead of HF's ``[vocab, n_embd]``.
-#: The LM head multiplies by this matrix at every step, and XLA:CPU's dot is
-#: much faster with the vocabulary as the minor axis once there are a few rows
-#: (measured, gpt2-small head: 4.6 vs 7.4 ms at 4 rows, 5.5 vs 7.9 ms at 8,
-#: equal at 1; ``tools/bench_dot_dtypes.py`` prints it). The embedding lookup
-#: then gathers columns, which costs little for the few tokens of a step.
+#: The LM head multiplies by this matrix at every step, one row per sequence,
+#: and with one row XLA:CPU's dot is fastest in this layout (``[vocab, C]`` is
+#: 1.07x-1.4x slower; ``tools/bench_head_layout.py``). Against ``x @ W^T`` it
+#: also wins at a few rows (gpt2-small head: 4.6 vs 7.4 ms at 4 rows,
+#: ``tools/bench_dot_dtypes.py``), but ``(W @ x^T)^T`` on a ``[vocab, C]``
+#: copy beats both there: speculation's many-row head uses that copy
+#: (:meth:`GPT2.prepare_verification`). The embedding lookup gathers columns,
+#: which costs little for the few tokens of a step.
 #: :meth:`GPT2.hf_weights` gives the checkpoint layout back.
 STORED_TRANSPOSED = ("wte.weight", "lm_head.weight")
+
+#: ``step_all`` calls with at least this many rows (batch x positions) use the
+#: ``[vocab, C]`` head copy when there is one (see :meth:`GPT2.prepare_verification`).
+VERIFY_HEAD_MIN_ROWS = 3
 
 # Buffers that old GPT-2 checkpoints carry but that are not parameters (the
 # causal mask as a tensor); we build masks ourselves and skip these.
@@ -174,6 +182,7 @@ class GPT2(tf.Module):
         self.dtype = tf.as_dtype(dtype)
         self.vocab_size = config.vocab_size
         self.max_positions = config.n_positions
+        self.derived = DerivedWeights()
         self._act = _activation(config.activation_function)
         shapes = param_shapes(config)
         if weights is None:
@@ -216,6 +225,46 @@ class GPT2(tf.Module):
             out[name] = value.T if name in STORED_TRANSPOSED else value
         return out
 
+    def prepare_verification(self, refresh: bool = False) -> None:
+        """Makes the ``[vocab, C]`` copy of the LM head that :meth:`step_all` uses (idempotent).
+
+        Speculative verification runs the head on ``B * (k + 1)`` rows at
+        once, and for more than one row XLA:CPU's dot is much faster with the
+        vocabulary as the MAJOR axis -- the opposite of the one-row case that
+        :data:`STORED_TRANSPOSED` is laid out for. Measured, 50257-token head,
+        ``tf.function(jit_compile=True)``, medians (``tools/bench_head_layout.py``
+        prints it; the ratio is the ``[vocab, C]`` time over the ``[C, vocab]`` one):
+
+        =====  =====  ======  ======  ======  =======
+        C      1 row  2 rows  3 rows  5 rows  40 rows
+        =====  =====  ======  ======  ======  =======
+        192    1.28   0.91    ~0.7    0.65    0.84
+        768    1.07   1.07    ~0.4    0.70    0.72
+        =====  =====  ======  ======  ======  =======
+
+        (3 rows: from a separate, noisier run.) So the model keeps both: the
+        one-row layout for decoding, this copy for ``step_all`` calls of
+        :data:`VERIFY_HEAD_MIN_ROWS` rows or more. It costs the head's size again
+        (38.6 MB float32 for the shipped model, 154 MB for gpt2-small), so it
+        is made only when speculation asks for it (``speculative.prepare``).
+        It is derived data, not a parameter: kept in :attr:`derived`, outside
+        ``variables``, checkpoints and SavedModels; made under the
+        ``tf.distribute`` strategy of a mirrored model. Safe to call while
+        tracing (the variable is made eagerly, in ``tf.init_scope``).
+
+        Args:
+          refresh: recompute an existing copy from the current head. The copy
+            does not follow later ``assign`` calls on the head by itself.
+        """
+        head = self._head()
+        if self.derived.verify_head is not None:
+            if refresh:
+                self.derived.verify_head.assign(tf.transpose(head))
+            return
+        strategy = getattr(head, "distribute_strategy", None)  # a mirrored model: mirror the copy too
+        with tf.init_scope(), (strategy.scope() if strategy is not None else contextlib.nullcontext()):
+            self.derived.verify_head = tf.Variable(tf.transpose(head), trainable=False, name="verify_head")
+
     def clone(self) -> "GPT2":
         """A new GPT2 with copies of these weights, its variables made in the current
         ``tf.distribute`` scope (how ``placement.Replicated`` mirrors a model)."""
@@ -238,6 +287,9 @@ class GPT2(tf.Module):
         slots = tf.cast(cache_index, tf.int32)[:, tf.newaxis] + tf.range(_dim(input_ids, 1))
         mask = pos.attention_matrix_per_row(slots, key_mask)
         hidden, cache = self._body(input_ids, positions, mask, cache, cache_index)
+        rows = _dim(hidden, 0) * _dim(hidden, 1)
+        if self.derived.verify_head is not None and isinstance(rows, int) and rows >= VERIFY_HEAD_MIN_ROWS:
+            return self._lm_head_by_rows(hidden), cache  # see prepare_verification
         return self._lm_head(hidden), cache
 
     # ------------------------------------------------------------ full forward
@@ -330,13 +382,41 @@ class GPT2(tf.Module):
     def _mlp(self, h, prefix):
         return self._linear(self._act(self._linear(h, prefix + "mlp.c_fc")), prefix + "mlp.c_proj")
 
+    def _head(self):
+        """The LM head, ``[C, vocab]`` (``wte`` when tied)."""
+        return self.weights["wte.weight" if self.config.tie_word_embeddings else "lm_head.weight"]
+
+    def _lm_head_by_rows(self, hidden):
+        """:meth:`_lm_head` through the ``[vocab, C]`` copy: ``[b, t, C]`` -> float32 ``[b, t, vocab]``.
+
+        Computed as ``head_vc @ rows^T`` (``[vocab, b*t]``), then transposed:
+        with the vocabulary as the dot's leading output axis XLA:CPU streams
+        the head once for all the rows (see :meth:`prepare_verification`).
+        """
+        b, t = _dim(hidden, 0), _dim(hidden, 1)
+        rows = tf.reshape(tf.cast(hidden, self.dtype), [b * t, self.config.n_embd])
+        logits = tf.transpose(tf.matmul(self.derived.verify_head, rows, transpose_b=True))
+        return tf.cast(tf.reshape(logits, [b, t, self.vocab_size]), tf.float32)
+
     def _lm_head(self, hidden, columns=None):
         """``[..., C]`` -> float32 ``[..., vocab]`` logits (``[..., n]`` for ``columns`` int32 ``[n]``)."""
-        head = self.weights["wte.weight" if self.config.tie_word_embeddings else "lm_head.weight"]  # [C, V]
+        head = self._head()  # [C, V]
         if columns is not None:
             head = tf.gather(head, columns, axis=1)  # [C, n]
         logits = tf.matmul(tf.cast(hidden, self.dtype), head)
         return tf.cast(logits, tf.float32)
+
+
+class DerivedWeights:
+    """Copies computed from a model's weights for speed; not parameters.
+
+    A plain object, not a ``tf.Module``, so that the variables it holds stay
+    out of the model's ``variables``, checkpoints and SavedModels.
+    """
+
+    def __init__(self):
+        #: ``[vocab, C]`` copy of the LM head (``GPT2.prepare_verification``), or None.
+        self.verify_head = None
 
 
 def _no_dropout(x, site):

@@ -30,6 +30,8 @@ capability                  what it is                                      need
 a ``tf.Module``             weights held as ``tf.Variable`` attributes       ``export`` (SavedModel)
 ``clone()``                 a copy with the same weights, whose variables   ``placement.Replicated``
                             are created in the current distribute scope     (distributed decoding)
+``prepare_verification()``  build what ``step_all`` wants before a trace   speculation (optional:
+                            (GPT-2: a ``[vocab, C]`` copy of its LM head)   faster verification)
 ==========================  ==============================================  ==========================
 
 :class:`~xladecode.gpt2.GPT2` has all of them.
