@@ -432,14 +432,32 @@ def test_prompt_lookup_proposes_what_transformers_proposes(rows, k, ngram):
     seq = tf.constant([context[:-1] + [context[-1]] + [0] * (width - len(context))], tf.int32)
     options = type("O", (), {"pad_token_id": tf.constant(0)})()
     c = DraftContext(seq, tf.constant([1]), tf.ones([1, len(context) - 1], tf.int32), None, options, None, False)
-    drafter = PromptLookupDrafter(k, ngram)  # backoff on: it cannot matter before the first draft
+    drafter = PromptLookupDrafter(k, ngram, latest=False)  # backoff on: it cannot matter before the first draft
     draft, _ = drafter.propose(c, drafter.start(seq, None, None))
     got = draft.tokens.numpy()[0][draft.valid.numpy()[0]].tolist()
     assert got == want, f"context {context}: got {got}, transformers {want}"
 
 
+@pytest.mark.parametrize("context, ngram, latest, tokens, valid", [
+    ([5, 6, 7, 8, 5, 6, 9, 5, 6], 2, True, [9, 5], [True, True]),  # the docstring's example
+    ([5, 6, 7, 8, 5, 6, 9, 5, 6], 2, False, [7, 8], [True, True]),
+    ([1, 1, 1], 1, True, [1, 0], [True, False]),  # the latest [1] is right before the tail: one token follows
+    ([1, 1, 1], 1, False, [1, 1], [True, True]),
+    ([1, 1, 1], 2, True, [1, 0], [True, False]),  # [1, 1] first: its only earlier occurrence is columns 0-1
+    ([3, 4, 5], 2, True, [0, 0], [False, False]),  # no earlier occurrence: nothing to propose
+])
+def test_prompt_lookup_copies_after_the_latest_or_the_leftmost_match(context, ngram, latest, tokens, valid):
+    seq = tf.constant([context + [0] * 3], tf.int32)
+    options = type("O", (), {"pad_token_id": tf.constant(0)})()
+    c = DraftContext(seq, tf.constant([1]), tf.ones([1, len(context) - 1], tf.int32), None, options, None, False)
+    drafter = PromptLookupDrafter(2, ngram=ngram, max_backoff=0, latest=latest)
+    draft, _ = drafter.propose(c, drafter.start(seq, None, None))
+    assert draft.tokens.numpy()[0].tolist() == tokens
+    assert draft.valid.numpy()[0].tolist() == valid
+
+
 def _lookup_rounds(drafter, first_tokens, rounds, accept):
-    """Runs ``drafter.propose`` for ``rounds`` iterations on one row over the alphabet {1, 2}
+    """(The schedules below are worked for leftmost matches, ``latest=False``.) Runs ``drafter.propose`` for ``rounds`` iterations on one row over the alphabet {1, 2}
     (with ngram 1 a match always exists). An iteration that drafts emits the first
     ``accept(i)`` draft tokens, then the other letter than the next draft token (a
     rejection); one that does not draft emits one token. Returns the iterations that drafted."""
@@ -465,19 +483,19 @@ def _lookup_rounds(drafter, first_tokens, rounds, accept):
 
 def test_prompt_lookup_backs_off_after_drafts_that_do_not_pay():
     # No draft ever pays: skips of 1, 2, 4, then 4 (the cap): drafts at 0, 2, 5, 10, 15, 20.
-    assert _lookup_rounds(PromptLookupDrafter(2, ngram=1, max_backoff=4), [1, 2, 1], 22,
+    assert _lookup_rounds(PromptLookupDrafter(2, ngram=1, max_backoff=4, latest=False), [1, 2, 1], 22,
                           accept=lambda i: 0) == [0, 2, 5, 10, 15, 20]
     # A draft that pays (k = 2: one token accepted) resets the backoff: lost at 0 (skip 1),
     # paid at 2, lost at 3 (skip 1 again, not 2), lost at 5 (skip 2).
-    assert _lookup_rounds(PromptLookupDrafter(2, ngram=1, max_backoff=4), [1, 2, 1], 9,
+    assert _lookup_rounds(PromptLookupDrafter(2, ngram=1, max_backoff=4, latest=False), [1, 2, 1], 9,
                           accept=lambda i: 1 if i == 2 else 0) == [0, 2, 3, 5, 8]
     # k = 4 needs 2 accepted tokens to pay: one accepted token is still a loss.
-    assert _lookup_rounds(PromptLookupDrafter(4, ngram=1, max_backoff=4), [1, 2, 1], 6,
+    assert _lookup_rounds(PromptLookupDrafter(4, ngram=1, max_backoff=4, latest=False), [1, 2, 1], 6,
                           accept=lambda i: 1) == [0, 2, 5]
-    assert _lookup_rounds(PromptLookupDrafter(4, ngram=1, max_backoff=4), [1, 2, 1], 4,
+    assert _lookup_rounds(PromptLookupDrafter(4, ngram=1, max_backoff=4, latest=False), [1, 2, 1], 4,
                           accept=lambda i: 2) == [0, 1, 2, 3]
     # max_backoff = 0 is transformers' rule: draft whenever there is a match.
-    assert _lookup_rounds(PromptLookupDrafter(2, ngram=1, max_backoff=0), [1, 2, 1], 6,
+    assert _lookup_rounds(PromptLookupDrafter(2, ngram=1, max_backoff=0, latest=False), [1, 2, 1], 6,
                           accept=lambda i: 0) == [0, 1, 2, 3, 4, 5]
 
 

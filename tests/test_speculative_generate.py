@@ -14,9 +14,10 @@ MASK = np.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]], np.int32)
 
 def test_prompt_lookup_greedy_equals_plain_greedy(tiny_lm):
     plain = tiny_lm.generate(IDS, MASK, max_new_tokens=9, eos_token_id=5, output_scores=True)
-    for k, backoff in ((1, 16), (3, 16), (3, 0)):
+    for k, backoff, latest in ((1, 16, True), (3, 16, True), (3, 0, True), (3, 0, False)):
         fast = tiny_lm.generate(IDS, MASK, max_new_tokens=9, eos_token_id=5, output_scores=True,
-                                prompt_lookup_num_tokens=k, prompt_lookup_max_backoff=backoff)
+                                prompt_lookup_num_tokens=k, prompt_lookup_max_backoff=backoff,
+                                prompt_lookup_latest_match=latest)
         np.testing.assert_array_equal(fast.sequences, plain.sequences)
         np.testing.assert_allclose(fast.scores, plain.scores, atol=1e-4)
 
@@ -40,6 +41,7 @@ def test_speculative_sampling_is_seeded(tiny_lm):
     (dict(prompt_lookup_num_tokens=2, num_beams=2), "num_beams=2"),
     (dict(prompt_lookup_num_tokens=33), "prompt_lookup_num_tokens=33"),
     (dict(prompt_lookup_num_tokens=2, prompt_lookup_max_backoff=-1), "prompt_lookup_max_backoff=-1"),
+    (dict(prompt_lookup_num_tokens=2, prompt_lookup_latest_match="no"), "prompt_lookup_latest_match='no'"),
     (dict(assistant_model="nope"), "assistant_model='str'"),
 ])
 def test_bad_speculation_options(tiny_lm, kwargs, message):
@@ -56,5 +58,6 @@ def test_cli_flag_gives_the_same_text(text_model, capsys):
     plain = capsys.readouterr().out
     assert cli.main(base + ["--prompt-lookup-num-tokens", "2"]) == 0
     assert capsys.readouterr().out == plain and plain.startswith("To be, or not to be")
-    assert cli.main(base + ["--prompt-lookup-num-tokens", "2", "--prompt-lookup-max-backoff", "0"]) == 0
+    assert cli.main(base + ["--prompt-lookup-num-tokens", "2", "--prompt-lookup-max-backoff", "0",
+                            "--no-prompt-lookup-latest-match"]) == 0
     assert capsys.readouterr().out == plain

@@ -12,7 +12,8 @@ Parts (``--parts``):
   prompts quote a passage and then restart it, so the continuation repeats
   text the prompt holds; *free* prompts are a speaker's name ("ROMEO:").
   Plain greedy vs prompt lookup (``prompt_lookup_num_tokens=k``) at each
-  ``--batch``, with and without the drafter's backoff (``--lookup-backoff``); at batch 1 also transformers (PyTorch) greedy vs its
+  ``--batch``, with and without the drafter's backoff (``--lookup-backoff``), copying after the
+  latest or the leftmost match (``--lookup-match``); at batch 1 also transformers (PyTorch) greedy vs its
   ``prompt_lookup_num_tokens`` -- the speedup factors are compared, not the
   absolute speeds. Tokens are checked identical to plain greedy.
 * ``draft``: gpt2-small- and gpt2-medium-shaped random targets. The draft is
@@ -213,9 +214,10 @@ def part_shipped(args) -> list[dict]:
             ids, mask = lm.tokenizer.encode_batch(texts[:batch], pad_token_id=0)
             for k in args.lookup_k:
                 for backoff in args.lookup_backoff:
-                    rows.append(compare(f"shipped/{kind}/lookup", lm, ids, mask, args.new_tokens,
-                                        PromptLookupDrafter(k, max_backoff=backoff), args.repeats,
-                                        dict(prompts=kind, max_backoff=backoff)))
+                    for match in args.lookup_match:
+                        drafter = PromptLookupDrafter(k, max_backoff=backoff, latest=match == "latest")
+                        rows.append(compare(f"shipped/{kind}/lookup", lm, ids, mask, args.new_tokens, drafter,
+                                            args.repeats, dict(prompts=kind, max_backoff=backoff, match=match)))
             if batch == 1 and not args.no_transformers:
                 model = torch_model(xladecode.default_model_path())
                 for k in args.lookup_k:
@@ -283,6 +285,7 @@ def plot(rows: list[dict], path: Path):
     shipped = [r for r in rows if r["name"].startswith("shipped/")]
     labels = [f"{r['prompts']} b{r['batch']} k{r['k']}" + (" HF" if "transformers" in r["name"] else "")
               + (f" backoff {r['max_backoff']}" if "max_backoff" in r else "")
+              + (f" {r['match']}" if "match" in r else "")
               for r in shipped]
     right.barh(range(len(shipped)), [r["speedup"] for r in shipped],
                color=["tab:orange" if "transformers" in r["name"] else "tab:blue" for r in shipped])
@@ -304,6 +307,8 @@ def main(argv=None):
     p.add_argument("--lookup-k", type=int, nargs="+", default=[4])
     p.add_argument("--lookup-backoff", type=int, nargs="+", default=[16, 0],
                    help="prompt lookup's max_backoff values (0 = off, transformers' rule)")
+    p.add_argument("--lookup-match", nargs="+", default=["latest"], choices=["latest", "leftmost"],
+                   help="which earlier occurrence prompt lookup copies after (leftmost = transformers' rule)")
     p.add_argument("--draft-k", type=int, nargs="+", default=[2, 4, 6])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     p.add_argument("--draft-layers", type=int, default=2)

@@ -78,7 +78,7 @@ def _drafter(checked):
 
     if checked.prompt_lookup_num_tokens:
         return drafters.PromptLookupDrafter(checked.prompt_lookup_num_tokens, checked.max_matching_ngram_size,
-                                            checked.prompt_lookup_max_backoff)
+                                            checked.prompt_lookup_max_backoff, checked.prompt_lookup_latest_match)
     if checked.assistant_model is not None:
         return drafters.ModelDrafter(checked.assistant_model, checked.num_assistant_tokens)
     return None

@@ -163,14 +163,21 @@ class PromptLookupDrafter:
     """Drafts by copying from the row's own context: no model, one-hot ``q``.
 
     For ``n = ngram .. 1`` (largest first), row ``b`` looks for the last ``n``
-    tokens of its context earlier in that context; the leftmost occurrence
-    wins (as transformers' ``PromptLookupCandidateGenerator``) and the (up to)
-    ``k`` tokens after it are the draft. Fewer tokens may follow before the
-    context ends: the rest are invalid. Unlike transformers, drafts are not cut
-    at EOS or at processor-forbidden tokens: verification rejects those anyway.
+    tokens of its context earlier in that context, and the (up to) ``k``
+    tokens after the occurrence are the draft. Which occurrence: the latest
+    by default, the leftmost with ``latest=False`` (transformers'
+    ``PromptLookupCandidateGenerator``). Text that repeats itself -- a
+    refrain, a loop of the model's own -- is best predicted by its most
+    recent round: on the shipped model the latest match lifted grounded
+    prompts from 1.88 to 2.29 tokens per iteration (README). Fewer tokens
+    may follow before the context ends: the rest are invalid. Unlike
+    transformers, drafts are not cut at EOS or at processor-forbidden tokens:
+    verification rejects those anyway. The choice changes which tokens are
+    verified, never the output.
 
-    Example, k = 2, ngram = 2, context ``[5, 6, 7, 8, 5, 6]``: the tail
-    ``[5, 6]`` occurs at columns 0-1, so the draft is ``[7, 8]``.
+    Example, k = 2, ngram = 2, context ``[5, 6, 7, 8, 5, 6, 9, 5, 6]``: the
+    tail ``[5, 6]`` occurs earlier at columns 0-1 and 4-5, so the draft is
+    ``[9, 5]`` (latest) or ``[7, 8]`` (leftmost).
 
     **Backoff.** On free text most matches are chance ones, and verifying a
     draft costs a ``k + 1``-position forward (here ~3x a one-token step, see
@@ -194,15 +201,18 @@ class PromptLookupDrafter:
         transformers defaults to 2).
       max_backoff: longest skip, in iterations; 0 = draft whenever a match
         exists (transformers' behaviour).
+      latest: copy after the latest earlier occurrence (True) or the leftmost
+        (False, transformers' rule).
     """
 
-    def __init__(self, k: int, ngram: int = 2, max_backoff: int = 16):
+    def __init__(self, k: int, ngram: int = 2, max_backoff: int = 16, latest: bool = True):
         self.k = validation.integer("prompt_lookup_num_tokens", k, 1, MAX_DRAFT_TOKENS)
         self.ngram = validation.integer("max_matching_ngram_size", ngram, 1, MAX_NGRAM)
         self.max_backoff = validation.integer("prompt_lookup_max_backoff", max_backoff, 0, MAX_BACKOFF)
+        self.latest = validation.boolean("prompt_lookup_latest_match", latest)
 
     def compile_key(self) -> tuple:
-        return ("prompt_lookup", self.k, self.ngram, self.max_backoff)
+        return ("prompt_lookup", self.k, self.ngram, self.max_backoff, self.latest)
 
     def check(self, model) -> None:
         """Any model can be drafted for: nothing to check."""
@@ -224,7 +234,7 @@ class PromptLookupDrafter:
         columns = tf.range(length)[tf.newaxis, :]
         start = tf.fill(tf.shape(end), length)  # first column of the draft; L = none found
         for n in range(self.ngram, 0, -1):  # static: one [B, L] comparison per offset
-            first = self._first_match(seq, real, end, n, columns, length)
+            first = self._match(seq, real, end, n, columns, length)
             start = tf.where(start < length, start, first + n)  # larger n already found: keep it
         draft_columns = start[:, tf.newaxis] + tf.range(self.k)  # [B, k]
         valid = draft_columns < end[:, tf.newaxis]  # also False when nothing matched (start = L)
@@ -255,10 +265,9 @@ class PromptLookupDrafter:
         skip = tf.where(lost, penalty, tf.maximum(state.skip - 1, 0))
         return skip, penalty
 
-    @staticmethod
-    def _first_match(seq, real, end, n, columns, length):
-        """Leftmost start column of an earlier occurrence of each row's last ``n`` tokens;
-        ``length`` (so that ``start + n`` is past any draft) where there is none."""
+    def _match(self, seq, real, end, n, columns, length):
+        """Start column of the latest (or leftmost) earlier occurrence of each row's last
+        ``n`` tokens; ``length`` (so that ``start + n`` is past any draft) where there is none."""
         tail_columns = end[:, tf.newaxis] - n + tf.range(n)  # [B, n]
         clipped = tf.clip_by_value(tail_columns, 0, length - 1)
         tail = tf.gather(seq, clipped, batch_dims=1)
@@ -269,8 +278,12 @@ class PromptLookupDrafter:
         for d in range(n):
             same = _shift_right(seq, d, -1) == tail[:, n - 1 - d, tf.newaxis]
             match &= same & _shift_right(real, d, False)
-        last_column = tf.reduce_min(tf.where(match, columns, length + n), axis=1)  # window end
-        return last_column - n + 1
+        if self.latest:
+            window_end = tf.reduce_max(tf.where(match, columns, -1), axis=1)
+            window_end = tf.where(window_end >= 0, window_end, length + n - 1)
+        else:
+            window_end = tf.reduce_min(tf.where(match, columns, length + n - 1), axis=1)
+        return window_end - n + 1
 
 
 # -------------------------------------------------------------- draft model

@@ -154,6 +154,9 @@ class GenerationOptions:
     prompt_lookup_max_backoff: int = _option(16, Spec(
         "int", "prompt lookup: after a draft with fewer than half its tokens accepted, the row skips "
         "drafting for 1, 2, 4 .. up to this many iterations; 0 = never skip", 0, 1024, role="compile"))
+    prompt_lookup_latest_match: bool = _option(True, Spec(
+        "bool", "prompt lookup: copy after the latest earlier occurrence of the n-gram; false = the leftmost "
+        "(transformers' rule)", role="compile"))
     assistant_model: Any = _option(None, Spec("model", "speculate with this draft model (same vocabulary)",
                                               role="compile"))
     num_assistant_tokens: int = _option(4, Spec("int", "tokens per draft of assistant_model", 1, 32,
