@@ -180,8 +180,8 @@ class PromptLookupDrafter:
     ``[9, 5]`` (latest) or ``[7, 8]`` (leftmost).
 
     **Backoff.** On free text most matches are chance ones, and verifying a
-    draft costs a ``k + 1``-position forward (here ~3x a one-token step, see
-    the README). A draft *pays* when at least half of its ``k`` tokens
+    draft costs a ``k + 1``-position forward (on the shipped model ~2.5x a
+    one-token step at batch 1, ``tools/profile_verify.py``). A draft *pays* when at least half of its ``k`` tokens
     (rounded up) are accepted. After a draft that does not pay, the row stops
     drafting for 1 iteration; after its next such draft for 2, then 4, 8 ...
     up to ``max_backoff``; a draft that pays resets this. The rule reads only

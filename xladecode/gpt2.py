@@ -229,7 +229,7 @@ class GPT2(tf.Module):
         """Makes the ``[vocab, C]`` copy of the LM head that :meth:`step_all` uses (idempotent).
 
         Speculative verification runs the head on ``B * (k + 1)`` rows at
-        once, and for more than one row XLA:CPU's dot is much faster with the
+        once, and from about 3 rows on XLA:CPU's dot is much faster with the
         vocabulary as the MAJOR axis -- the opposite of the one-row case that
         :data:`STORED_TRANSPOSED` is laid out for. Measured, 50257-token head,
         ``tf.function(jit_compile=True)``, medians (``tools/bench_head_layout.py``
