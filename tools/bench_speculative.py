@@ -18,8 +18,10 @@ Parts (``--parts``):
   absolute speeds. Tokens are checked identical to plain greedy.
 * ``draft``: gpt2-small- and gpt2-medium-shaped random targets. The draft is
   the target's first ``--draft-layers`` layers with its final norm and head,
-  every weight perturbed by ``noise x`` its tensor's std: the noise sets the
-  acceptance rate. Sweeps noise and ``k``; reports the measured acceptance
+  every weight perturbed by ``noise x`` its tensor's std. On a random target
+  the first layers alone predict nothing (acceptance 0), so ``--tail-scale``
+  scales the outputs of the target's later blocks down: together with the
+  noise it sets the acceptance rate. Sweeps noise and ``k``; reports the measured acceptance
   ``a`` (accepted / proposed draft tokens) and the speedup, plotted with the
   ideal ``(1 - a^(k+1)) / (1 - a)`` tokens per target forward.
 * ``hf_draft``: transformers (PyTorch) ``assistant_model`` with the same
@@ -36,6 +38,7 @@ all rows. Results: ``tools/results/bench_speculative.json`` and ``.png``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -239,18 +242,31 @@ def truncated_noisy_draft(target: GPT2, layers: int, noise: float, seed: int = 0
     return GPT2(config, weights=noisy)
 
 
+def quiet_tail(model: GPT2, layers: int, scale: float) -> GPT2:
+    """``model`` with the output projections (``attn.c_proj``, ``mlp.c_proj``) of every
+    block from ``layers`` on multiplied by ``scale``: those blocks then add little to the
+    residual stream, so a draft made of the first ``layers`` blocks and the head agrees
+    with the target more the smaller ``scale`` is (1 = unchanged, 0 = the draft exactly)."""
+    for name, variable in model.weights.items():
+        parts = name.split(".")
+        if parts[0] == "h" and int(parts[1]) >= layers and name.endswith("c_proj.weight"):
+            variable.assign(variable * scale)
+    return model
+
+
 def part_draft(args) -> list[dict]:
     rows = []
     for size in args.sizes:
         n_layer, n_head, n_embd = SIZES[size]
         config = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=n_embd, n_layer=n_layer, n_head=n_head)
-        # A wider init than GPT-2's 0.02 keeps random greedy text from collapsing to one token.
-        target = LanguageModel(GPT2(config, init_std=args.init_std, seed=0))
         ids = np.random.default_rng(0).integers(0, 50257, (1, args.prompt_len)).astype(np.int32)
-        for noise in args.noise:
+        for tail_scale, noise in itertools.product(args.tail_scale, args.noise):
+            # A wider init than GPT-2's 0.02 keeps random greedy text from collapsing to one token.
+            target = LanguageModel(quiet_tail(GPT2(config, init_std=args.init_std, seed=0), args.draft_layers,
+                                              tail_scale))
             draft = truncated_noisy_draft(target.model, args.draft_layers, noise)
             for k in args.draft_k:
-                extra = dict(size=size, noise=noise, draft_layers=args.draft_layers)
+                extra = dict(size=size, noise=noise, tail_scale=tail_scale, draft_layers=args.draft_layers)
                 rows.append(compare(f"draft/{size}", target, ids, np.ones_like(ids), args.new_tokens,
                                     ModelDrafter(draft, k), args.repeats, extra))
                 if "hf_draft" in args.parts and not args.no_transformers:
@@ -312,6 +328,9 @@ def main(argv=None):
     p.add_argument("--draft-k", type=int, nargs="+", default=[2, 4, 6])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     p.add_argument("--draft-layers", type=int, default=2)
+    p.add_argument("--tail-scale", type=float, nargs="+", default=[1.0],
+                   help="draft part: scale of the target's block outputs past --draft-layers (see quiet_tail); "
+                        "lower = a draft that agrees more")
     p.add_argument("--sizes", nargs="+", default=["gpt2", "gpt2-medium"], choices=sorted(SIZES))
     p.add_argument("--init-std", type=float, default=0.3)
     p.add_argument("--repeats", type=int, default=5)
