@@ -38,7 +38,6 @@ all rows. Results: ``tools/results/bench_speculative.json`` and ``.png``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -260,22 +259,23 @@ def part_draft(args) -> list[dict]:
         n_layer, n_head, n_embd = SIZES[size]
         config = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=n_embd, n_layer=n_layer, n_head=n_head)
         ids = np.random.default_rng(0).integers(0, 50257, (1, args.prompt_len)).astype(np.int32)
-        for tail_scale, noise in itertools.product(args.tail_scale, args.noise):
+        for tail_scale in args.tail_scale:  # one random target per tail scale, shared by every noise
             # A wider init than GPT-2's 0.02 keeps random greedy text from collapsing to one token.
             target = LanguageModel(quiet_tail(GPT2(config, init_std=args.init_std, seed=0), args.draft_layers,
                                               tail_scale))
-            draft = truncated_noisy_draft(target.model, args.draft_layers, noise)
-            for k in args.draft_k:
-                extra = dict(size=size, noise=noise, tail_scale=tail_scale, draft_layers=args.draft_layers)
-                rows.append(compare(f"draft/{size}", target, ids, np.ones_like(ids), args.new_tokens,
-                                    ModelDrafter(draft, k), args.repeats, extra))
-                if "hf_draft" in args.parts and not args.no_transformers:
-                    rows.append(torch_compare(f"draft/{size}/transformers_assistant",
-                                              torch_model(target.model.hf_weights(), config), ids, args.new_tokens,
-                                              args.repeats, extra | dict(k=k),
-                                              assistant_model=torch_model(draft.hf_weights(), draft.config),
-                                              num_assistant_tokens=k, num_assistant_tokens_schedule="constant",
-                                              assistant_confidence_threshold=0.0))
+            for noise in args.noise:
+                draft = truncated_noisy_draft(target.model, args.draft_layers, noise)
+                for k in args.draft_k:
+                    extra = dict(size=size, noise=noise, tail_scale=tail_scale, draft_layers=args.draft_layers)
+                    rows.append(compare(f"draft/{size}", target, ids, np.ones_like(ids), args.new_tokens,
+                                        ModelDrafter(draft, k), args.repeats, extra))
+                    if "hf_draft" in args.parts and not args.no_transformers:
+                        rows.append(torch_compare(f"draft/{size}/transformers_assistant",
+                                                  torch_model(target.model.hf_weights(), config), ids, args.new_tokens,
+                                                  args.repeats, extra | dict(k=k),
+                                                  assistant_model=torch_model(draft.hf_weights(), draft.config),
+                                                  num_assistant_tokens=k, num_assistant_tokens_schedule="constant",
+                                                  assistant_confidence_threshold=0.0))
     return rows
 
 
