@@ -41,15 +41,17 @@ def test_cli_matches_python_api(text_model, capsys):
     assert [p.strip("\n") for p in printed[:2]] == texts
 
 
-def test_bad_model_path_is_a_clear_error(tmp_path):
-    result = _run("generate", "hi", "--model", str(tmp_path / "nope"))
-    assert result.returncode == 2
-    assert "not a folder" in result.stderr and result.stdout == ""
+# In-process (cli.main): these are about the message and the exit status, not the process.
+def test_bad_model_path_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["generate", "hi", "--model", str(tmp_path / "nope")]) == 2
+    out, err = capsys.readouterr()
+    assert "not a folder" in err and out == ""
 
 
-def test_bad_option_value_is_a_clear_error(text_model):
-    result = _run("generate", "hi", "--model", str(text_model), "--top-p", "1.5", "--do-sample")
-    assert result.returncode == 2 and "top_p=1.5" in result.stderr
+def test_bad_option_value_is_a_clear_error(text_model, capsys):
+    assert cli.main(["generate", "hi", "--model", str(text_model), "--top-p", "1.5", "--do-sample"]) == 2
+    out, err = capsys.readouterr()
+    assert "top_p=1.5" in err and out == ""
 
 
 def test_new_sampler_flags_and_repeatable_stop():
