@@ -52,6 +52,7 @@ def speculate(lm, drafter, ids, mask, *, do_sample=False, jit=True, **options):
     call = lm.prepare(ids, mask, do_sample=do_sample, **options)
     key = (id(lm.model), drafter.compile_key(), do_sample, call.compile_key, jit)
     if key not in _COMPILED:
+        speculative.prepare(lm.model)  # eagerly: made inside the trace, its variable would make TF trace twice
         def run(i, m, o, buffer=call.plan.buffer):
             return speculative.speculative_loop(lm.model, i, m, o, buffer, do_sample, drafter)
         _COMPILED[key] = tf.function(run, jit_compile=jit, autograph=False)

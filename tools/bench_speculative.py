@@ -134,6 +134,7 @@ def speculative_fn(lm, ids, mask, new, drafter):
     """``speculative_loop`` compiled like ``generate`` (prepare + one XLA function)."""
     kw = dict(max_new_tokens=new, eos_token_id=[], pad_token_id=0, do_sample=False)  # greedy, whatever the checkpoint's generation_config says
     call = lm.prepare(ids, mask, **kw)
+    speculative.prepare(lm.model)  # eagerly, as generate does: inside the trace it would make TF trace twice
     graph = tf.function(lambda i, m, o: speculative.speculative_loop(lm.model, i, m, o, call.plan.buffer, False, drafter),
                         jit_compile=True, autograph=False)
 

@@ -117,6 +117,7 @@ def main():
     plain = lm.generate(grounded, **greedy).sequences[:, 16:]
     call = lm.prepare(grounded, **greedy)
     drafter = speculative.PromptLookupDrafter(4)
+    speculative.prepare(lm.model)  # the verify head, made eagerly (see speculative.prepare)
     graph = tf.function(lambda i, m, o: speculative.speculative_loop(lm.model, i, m, o, call.plan.buffer, False, drafter),
                         jit_compile=True, autograph=False)
     seq, _, stats = graph(tf.constant(call.input_ids), tf.constant(call.attention_mask), call.options)

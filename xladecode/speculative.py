@@ -117,7 +117,9 @@ def prepare(model) -> None:
     ``k + 1``-row head of each verify ~1.5x faster on XLA:CPU). A model
     without it is verified as it is. Idempotent; ``compiled.build_generate``
     calls it eagerly, and :func:`speculative_loop` again in case it is
-    called directly.
+    called directly. Wrapping :func:`speculative_loop` in your own
+    ``tf.function``? Call this first, eagerly: a variable first made inside
+    a trace makes TensorFlow trace the whole loop twice.
     """
     prepare_verification = getattr(model, "prepare_verification", None)
     if prepare_verification is not None:
