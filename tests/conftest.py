@@ -6,6 +6,7 @@ tests that use the same shapes share one XLA compile.
 
 from __future__ import annotations
 
+import gc
 import os
 from types import SimpleNamespace
 
@@ -113,3 +114,16 @@ SLOWEST_FILES_FIRST = (
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOWEST_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
+
+
+def pytest_sessionfinish(session):
+    """One garbage collection, then freeze what survives.
+
+    After the session pytest collects garbage five times, to surface exceptions raised in
+    ``__del__``. A worker full of TensorFlow graphs needs 1-2 s per pass, and execnet
+    sends a worker that is still busy 5 s after being told to stop a SIGINT (seen as a
+    ``KeyboardInterrupt`` warning after a green run). One pass here finds the same garbage;
+    ``gc.freeze`` then leaves pytest's passes nothing old to walk.
+    """
+    gc.collect()
+    gc.freeze()

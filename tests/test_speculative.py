@@ -28,7 +28,7 @@ from budget import examples
 
 from checkpoints import make_checkpoint
 from xladecode import drafters, kv_cache, positions as pos, processors, speculative
-from xladecode.drafters import Draft, DraftContext, ModelDrafter, PromptLookupDrafter
+from xladecode.drafters import Draft, DraftContext, LookupBackoff, ModelDrafter, PromptLookupDrafter
 from xladecode.gpt2 import GPT2
 from xladecode.lm import LanguageModel
 from xladecode.testing import assert_speculative_equals_plain, left_pad
@@ -535,3 +535,28 @@ def test_bad_arguments_are_refused_before_tracing(tiny_lm):
         speculative.check(tiny_lm.model, PromptLookupDrafter(2), num_beams=4)
     with pytest.raises(ValueError, match="model.*step_all"):
         speculative.check(object(), PromptLookupDrafter(2))
+
+
+def _backoff_pair(do_sample, finished):
+    """Two rows with a match ([5, 6] recurs): row 0 may draft (skip 0), row 1 is in its
+    backoff (skip 2). Returns ``draft.valid[:, 0]`` of one greedy/sampled iteration."""
+    context = [5, 6, 7, 8, 5, 6]
+    seq = tf.constant([context + [0] * 3] * 2, tf.int32)
+    options = type("O", (), {"pad_token_id": tf.constant(0)})()
+    c = DraftContext(seq, tf.constant([1, 1]), tf.ones([2, len(context) - 1], tf.int32), None, options, None,
+                     do_sample, None if finished is None else tf.constant(finished))
+    drafter = PromptLookupDrafter(2, ngram=2, max_backoff=4)
+    none = tf.zeros([2, 2], tf.int32)
+    state = LookupBackoff(tf.zeros([2], tf.int32), none, tf.cast(none, tf.bool), tf.constant([1, 3]),
+                          tf.constant([0, 2]))  # _backoff counts skip down by one: 0 and 2 this iteration
+    draft, state = drafter.propose(c, state)
+    return draft.valid.numpy()[:, 0].tolist(), state.skip.numpy().tolist()
+
+
+def test_greedy_lets_every_row_with_a_match_draft_once_one_row_drafts():
+    assert _backoff_pair(do_sample=False, finished=[False, False]) == ([True, True], [0, 2])
+    # Only a finished row drafts: nobody else is woken (the verify stays one position wide).
+    assert _backoff_pair(do_sample=False, finished=[True, False]) == ([True, False], [0, 2])
+    # Sampling keeps the per-row rule; so does a drafter that is not told which rows are done.
+    assert _backoff_pair(do_sample=True, finished=[False, False]) == ([True, False], [0, 2])
+    assert _backoff_pair(do_sample=False, finished=None) == ([True, False], [0, 2])

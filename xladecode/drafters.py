@@ -62,6 +62,7 @@ class DraftContext(NamedTuple):
     options: decoding.DecodeOptions
     keys: tf.Tensor  # uint32 [B] RNG row keys
     do_sample: bool
+    finished: Any = None  # bool [B]: rows that are done (None: not known, e.g. a drafter tested alone)
 
 
 class Drafter(Protocol):
@@ -184,13 +185,16 @@ class PromptLookupDrafter:
     one-token step at batch 1, ``tools/profile_verify.py``). A draft *pays* when at least half of its ``k`` tokens
     (rounded up) are accepted. After a draft that does not pay, the row stops
     drafting for 1 iteration; after its next such draft for 2, then 4, 8 ...
-    up to ``max_backoff``; a draft that pays resets this. The rule reads only
-    the row's own history (how many of its last draft's tokens are now
-    written in its context), so rows stay independent of their neighbours,
-    and it changes which positions are verified, never the output (greedy
-    tokens are plain greedy's; sampling keeps the target's distribution).
-    When no row of the batch drafts, the verifier runs one position only
-    (``speculative._iteration``): plain decoding's cost.
+    up to ``max_backoff``; a draft that pays resets this. The rule reads the
+    row's own history (how many of its last draft's tokens are now written
+    in its context), and it changes which positions are verified, never the
+    output (greedy tokens are plain greedy's; sampling keeps the target's
+    distribution). When no row of the batch drafts, the verifier runs one
+    position only (``speculative._iteration``): plain decoding's cost. When
+    one running row drafts, greedy decoding lets every row with a match
+    draft, in its backoff or not: the wide verify is paid anyway
+    (:meth:`_ready`). Sampling never does, so a seeded row stays independent
+    of its neighbours.
 
     Example, ``max_backoff = 4``, no draft ever pays: the row drafts in
     iterations 0, 2, 5, 10, 15, 20, ... (skips of 1, 2, 4, 4, ...).
@@ -240,12 +244,28 @@ class PromptLookupDrafter:
         valid = draft_columns < end[:, tf.newaxis]  # also False when nothing matched (start = L)
         if self.max_backoff:
             skip, penalty = self._backoff(seq, state)
-            valid &= (skip == 0)[:, tf.newaxis]
+            valid &= self._ready(skip, valid, context)[:, tf.newaxis]
         copied = tf.gather(seq, tf.minimum(draft_columns, length - 1), batch_dims=1)
         tokens = tf.where(valid, copied, context.options.pad_token_id)
         if self.max_backoff:
             state = LookupBackoff(end, tokens, valid, skip, penalty)
         return Draft(tokens, valid, None), state
+
+    @staticmethod
+    def _ready(skip, valid, context: DraftContext):
+        """bool ``[B]``: rows allowed to draft this iteration.
+
+        A row drafts when its backoff is over (``skip == 0``). Greedy at batch > 1: as soon
+        as one running row drafts, the batch pays the ``k + 1``-position verify anyway, so
+        every row with a match drafts too, in its backoff or not. Sampling keeps the
+        per-row rule: a seeded row's tokens depend on which of its positions were drafted,
+        and they must not depend on its neighbours.
+        """
+        ready = skip == 0
+        if context.do_sample or context.finished is None or skip.shape[0] == 1:
+            return ready
+        running = tf.logical_not(context.finished)
+        return ready | tf.reduce_any(ready & valid[:, 0] & running)
 
     def _backoff(self, seq, state: LookupBackoff):
         """``(skip, penalty)`` int32 ``[B]`` for this iteration, from the fate of the last draft.

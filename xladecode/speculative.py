@@ -178,7 +178,8 @@ def _start(model, input_ids, attention_mask, options, n, do_sample, drafter):
 
 def _iteration(s: SpeculativeState, c: _Constants) -> SpeculativeState:
     """Draft ``k`` tokens, verify them in one target forward, emit each row's accepted span."""
-    context = DraftContext(s.sequences, s.generated, c.prompt_mask, c.key_mask, c.options, c.keys, c.do_sample)
+    context = DraftContext(s.sequences, s.generated, c.prompt_mask, c.key_mask, c.options, c.keys, c.do_sample,
+                           s.finished)
     draft, draft_state = c.drafter.propose(context, s.draft_state)
     k = c.drafter.k
     if draft.probs is None:  # a deterministic drafter may have nothing to propose: then verify 1 position
