@@ -539,7 +539,7 @@ def test_bad_arguments_are_refused_before_tracing(tiny_lm):
 
 def _backoff_pair(do_sample, finished):
     """Two rows with a match ([5, 6] recurs): row 0 may draft (skip 0), row 1 is in its
-    backoff (skip 2). Returns ``draft.valid[:, 0]`` of one greedy/sampled iteration."""
+    backoff (skip 2). Returns ``(draft.valid[:, 0], skip)`` of one greedy or sampled iteration."""
     context = [5, 6, 7, 8, 5, 6]
     seq = tf.constant([context + [0] * 3] * 2, tf.int32)
     options = type("O", (), {"pad_token_id": tf.constant(0)})()
