@@ -57,8 +57,8 @@ def child(model: str, new_tokens: int) -> dict:
         lm = xladecode.load()
     ids = np.ones([2, 5], np.int32)
     result = {}
-    for name, kw in STRATEGIES.items():
-        kw = dict(max_new_tokens=new_tokens, eos_token_id=[], pad_token_id=0, **kw)  # no EOS: fixed length
+    for name, strategy in STRATEGIES.items():
+        kw = dict(max_new_tokens=new_tokens, eos_token_id=[], pad_token_id=0, **strategy)  # no EOS: fixed length
         start = time.perf_counter()
         lm.generate(ids, **kw)
         first = time.perf_counter() - start

@@ -262,7 +262,7 @@ class PromptLookupDrafter:
         and they must not depend on its neighbours.
         """
         ready = skip == 0
-        if context.do_sample or context.finished is None or skip.shape[0] == 1:
+        if context.do_sample or context.finished is None:
             return ready
         running = tf.logical_not(context.finished)
         return ready | tf.reduce_any(ready & valid[:, 0] & running)
